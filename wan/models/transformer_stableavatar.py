@@ -1,0 +1,301 @@
+"""The StableAvatar transformer: the Wan2.1 I2V DiT with an audio adapter and audio attention in every block."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
+from diffusers.models.attention import AttentionMixin, FeedForward
+from diffusers.models.cache_utils import CacheMixin
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.normalization import FP32LayerNorm
+from diffusers.models.transformers.transformer_wan import (
+    WanAttention,
+    WanAttnProcessor,
+    WanRotaryPosEmbed,
+    WanTimeTextImageEmbedding,
+)
+from diffusers.utils.torch_utils import maybe_allow_in_graph
+from torch import nn
+
+from .attention import TEXT_SEQ_LEN, StableAvatarCrossAttention
+from .audio_adapter import StableAvatarAudioAdapter
+from .audio_alignment import DEFAULT_WINDOW_PADDING, split_audio_tokens_per_frame
+
+
+@maybe_allow_in_graph
+class StableAvatarTransformerBlock(nn.Module):
+    """A Wan DiT block whose cross-attention also attends to audio (diffusers' `WanTransformerBlock` layout).
+
+    Order: modulated self-attention with RoPE; affine LN + cross-attention to image, text and audio;
+    modulated feed-forward.
+    """
+
+    def __init__(self, dim: int, ffn_dim: int, num_heads: int, eps: float, image_dim: int | None) -> None:
+        super().__init__()
+        self.norm1 = FP32LayerNorm(dim, eps, elementwise_affine=False)
+        self.attn1 = WanAttention(
+            dim=dim, heads=num_heads, dim_head=dim // num_heads, eps=eps, processor=WanAttnProcessor()
+        )
+        self.attn2 = StableAvatarCrossAttention(dim, num_heads, eps, image_dim)
+        self.norm2 = FP32LayerNorm(dim, eps, elementwise_affine=True)
+        self.ffn = FeedForward(dim, inner_dim=ffn_dim, activation_fn="gelu-approximate")
+        self.norm3 = FP32LayerNorm(dim, eps, elementwise_affine=False)
+        self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        temb: torch.Tensor,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor],
+        audio_hidden_states: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """
+        Args:
+            hidden_states: `[B, S, dim]` video tokens.
+            encoder_hidden_states: `[B, 257 + 512, dim]` image then text tokens.
+            temb: `[B, 6, dim]` timestep projection.
+            rotary_emb: cos/sin, each `[1, S, 1, head_dim]`.
+            audio_hidden_states: `[B, F, n, dim]` (frame-local) or `[B, M, dim]` (clip-level) or None.
+        """
+        shift_msa, scale_msa, gate_msa, c_shift, c_scale, c_gate = (
+            self.scale_shift_table + temb.float()
+        ).chunk(6, dim=1)
+
+        norm_hidden = (self.norm1(hidden_states.float()) * (1 + scale_msa) + shift_msa).type_as(hidden_states)
+        attn_out = self.attn1(norm_hidden, None, None, rotary_emb)
+        hidden_states = (hidden_states.float() + attn_out * gate_msa).type_as(hidden_states)
+
+        norm_hidden = self.norm2(hidden_states.float()).type_as(hidden_states)
+        attn_out = self.attn2(norm_hidden, encoder_hidden_states, audio_hidden_states=audio_hidden_states)
+        hidden_states = hidden_states + attn_out
+
+        norm_hidden = (self.norm3(hidden_states.float()) * (1 + c_scale) + c_shift).type_as(hidden_states)
+        ff_out = self.ffn(norm_hidden)
+        return (hidden_states.float() + ff_out.float() * c_gate).type_as(hidden_states)
+
+
+class StableAvatarTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, AttentionMixin):
+    r"""Wan2.1 image-to-video DiT with StableAvatar's time-step-aware audio adapter.
+
+    The base part keeps diffusers' `WanTransformer3DModel` state-dict layout; audio adds
+    `blocks.*.attn2.to_k_audio` / `to_v_audio` and `audio_adapter.*`.
+
+    Args:
+        patch_size: 3-D patch (t, h, w).
+        num_attention_heads, attention_head_dim: DiT heads; the width is their product.
+        in_channels: 36 = 16 noisy latents + 4 mask + 16 reference latents.
+        out_channels: 16 latent channels.
+        text_dim: text-encoder width (umT5-XXL: 4096).
+        freq_dim: sinusoidal timestep width.
+        ffn_dim: DiT feed-forward width.
+        num_layers: DiT blocks.
+        cross_attn_norm, qk_norm: kept for config compatibility with diffusers' Wan (both always on here).
+        eps: norm epsilon.
+        image_dim: CLIP token width (1280); None for a model without image conditioning.
+        added_kv_proj_dim: width of the image key/value projections' input (equals the DiT width here).
+        rope_max_seq_len: RoPE table length.
+        audio_dim: wav2vec2 feature width (768).
+        audio_proj_dims: widths of the audio projection stages; the last must equal the DiT width.
+        audio_adapter_layers, audio_adapter_heads, audio_adapter_ffn_mult: adapter size.
+        audio_window_padding: tokens added on both sides of each latent frame's audio window.
+    """
+
+    _supports_gradient_checkpointing = True
+    _skip_layerwise_casting_patterns = ["patch_embedding", "condition_embedder", "norm"]
+    _no_split_modules = ["StableAvatarTransformerBlock"]
+    _keep_in_fp32_modules = ["time_embedder", "scale_shift_table", "norm1", "norm2", "norm3"]
+    _repeated_blocks = ["StableAvatarTransformerBlock"]
+
+    @register_to_config
+    def __init__(
+        self,
+        patch_size: tuple[int, int, int] = (1, 2, 2),
+        num_attention_heads: int = 12,
+        attention_head_dim: int = 128,
+        in_channels: int = 36,
+        out_channels: int = 16,
+        text_dim: int = 4096,
+        freq_dim: int = 256,
+        ffn_dim: int = 8960,
+        num_layers: int = 30,
+        cross_attn_norm: bool = True,
+        qk_norm: str | None = "rms_norm_across_heads",
+        eps: float = 1e-6,
+        image_dim: int | None = 1280,
+        added_kv_proj_dim: int | None = 1536,
+        rope_max_seq_len: int = 1024,
+        audio_dim: int = 768,
+        audio_proj_dims: tuple[int, ...] = (1536,),
+        audio_adapter_layers: int = 2,
+        audio_adapter_heads: int = 8,
+        audio_adapter_ffn_mult: int = 2,
+        audio_window_padding: int = DEFAULT_WINDOW_PADDING,
+    ) -> None:
+        super().__init__()
+        inner_dim = num_attention_heads * attention_head_dim
+        if audio_proj_dims[-1] != inner_dim:
+            raise ValueError(
+                f"the audio adapter width {audio_proj_dims[-1]} must equal the DiT width {inner_dim}"
+            )
+        if added_kv_proj_dim is not None and added_kv_proj_dim != inner_dim:
+            raise ValueError(f"added_kv_proj_dim {added_kv_proj_dim} must equal the DiT width {inner_dim}")
+
+        self.rope = WanRotaryPosEmbed(attention_head_dim, patch_size, rope_max_seq_len)
+        self.patch_embedding = nn.Conv3d(in_channels, inner_dim, kernel_size=patch_size, stride=patch_size)
+        self.condition_embedder = WanTimeTextImageEmbedding(
+            dim=inner_dim,
+            time_freq_dim=freq_dim,
+            time_proj_dim=inner_dim * 6,
+            text_embed_dim=text_dim,
+            image_embed_dim=image_dim,
+        )
+        self.audio_adapter = StableAvatarAudioAdapter(
+            audio_dim,
+            tuple(audio_proj_dims),
+            audio_adapter_layers,
+            audio_adapter_heads,
+            audio_adapter_ffn_mult,
+            eps,
+        )
+        self.blocks = nn.ModuleList(
+            StableAvatarTransformerBlock(inner_dim, ffn_dim, num_attention_heads, eps, added_kv_proj_dim)
+            for _ in range(num_layers)
+        )
+        self.norm_out = FP32LayerNorm(inner_dim, eps, elementwise_affine=False)
+        self.proj_out = nn.Linear(inner_dim, out_channels * math.prod(patch_size))
+        self.scale_shift_table = nn.Parameter(torch.randn(1, 2, inner_dim) / inner_dim**0.5)
+        self.gradient_checkpointing = False
+
+    def rebuild_buffers(self) -> None:
+        """Recompute the (non-persistent) RoPE tables, e.g. after building the model on the meta device."""
+        self.rope = WanRotaryPosEmbed(
+            self.config.attention_head_dim, self.config.patch_size, self.config.rope_max_seq_len
+        ).to(self.patch_embedding.weight.device)
+
+    def encode_audio(
+        self,
+        audio_embeds: torch.Tensor,
+        video_tokens: torch.Tensor,
+        temb: torch.Tensor,
+        timestep_proj: torch.Tensor,
+        num_video_frames: int,
+        guidance_triple: bool,
+        clip_level_audio: bool = False,
+    ) -> torch.Tensor:
+        """Audio context for the DiT blocks.
+
+        Args:
+            audio_embeds: `[B, Na, audio_dim]` wav2vec2 features of the clip.
+            video_tokens: `[B, S, dim]` patch-embedded input.
+            temb: `[B, dim]`; timestep_proj: `[B, 6, dim]`.
+            num_video_frames: pixel frames the audio covers (drives the alignment).
+            guidance_triple: treat the batch of three as [no audio, audio, audio] (the published sampler's
+                guidance batch): the adapter runs once on the last sample and the first gets zeros.
+            clip_level_audio: flatten the frames so every video token sees all audio tokens (a training option).
+        Returns:
+            `[B, F, n, dim]`, or `[B, F * n, dim]` with `clip_level_audio`.
+        """
+        if guidance_triple:
+            audio_embeds, video_tokens, temb, timestep_proj = (
+                t[-1:] for t in (audio_embeds, video_tokens, temb, timestep_proj)
+            )
+        tokens = self.audio_adapter.project(audio_embeds)
+        frame_tokens = split_audio_tokens_per_frame(
+            tokens, num_video_frames, self.config.audio_window_padding
+        )
+        context = self.audio_adapter(frame_tokens, video_tokens, temb, timestep_proj)
+        if guidance_triple:
+            context = torch.cat([torch.zeros_like(context), context, context])
+        return context.flatten(1, 2) if clip_level_audio else context
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_hidden_states_image: torch.Tensor | None,
+        audio_embeds: torch.Tensor,
+        num_video_frames: int | None = None,
+        audio_guidance_triple: bool | None = None,
+        clip_level_audio: bool = False,
+        audio_context: torch.Tensor | None = None,
+        return_dict: bool = True,
+        attention_kwargs: dict[str, Any] | None = None,
+    ) -> Transformer2DModelOutput | tuple[torch.Tensor]:
+        """Predict the flow (noise minus data) for a batch of clips.
+
+        Args:
+            hidden_states: `[B, 36, F, H, W]`: noisy latents (16) + mask (4) + reference latents (16).
+            timestep: `[B]` in [0, 1000].
+            encoder_hidden_states: `[B, L, text_dim]` text embeddings, L <= 512 (zero-padded to 512 here).
+            encoder_hidden_states_image: `[B, 257, image_dim]` CLIP tokens.
+            audio_embeds: `[B, Na, audio_dim]` wav2vec2 features of the clip's audio.
+            num_video_frames: pixel frames the audio covers; default `4 (F - 1) + 1`.
+            audio_guidance_triple: None -> a batch of exactly three is the guidance triple
+                [no audio, audio, audio] (what the published model does); False -> independent samples.
+            clip_level_audio: every video token attends to all of the clip's audio tokens.
+            audio_context: a precomputed audio context (from `encode_audio`) to use instead of `audio_embeds`.
+        Returns:
+            `[B, 16, F, H, W]` in `sample`.
+        """
+        batch, _, frames, height, width = hidden_states.shape
+        p_t, p_h, p_w = self.config.patch_size
+        grid = (frames // p_t, height // p_h, width // p_w)
+        if num_video_frames is None:
+            num_video_frames = 4 * (frames - 1) + 1
+        if audio_guidance_triple is None:
+            audio_guidance_triple = batch == 3
+
+        rotary_emb = self.rope(hidden_states)
+        hidden_states = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()
+
+        text_len = encoder_hidden_states.shape[1]
+        if text_len > TEXT_SEQ_LEN:
+            raise ValueError(f"text embeddings have {text_len} tokens; at most {TEXT_SEQ_LEN} are supported")
+        encoder_hidden_states = F.pad(encoder_hidden_states, (0, 0, 0, TEXT_SEQ_LEN - text_len))
+        temb, timestep_proj, encoder_hidden_states, image_states = self.condition_embedder(
+            timestep, encoder_hidden_states, encoder_hidden_states_image
+        )
+        timestep_proj = timestep_proj.unflatten(1, (6, -1))
+        if image_states is not None:
+            encoder_hidden_states = torch.cat([image_states, encoder_hidden_states], dim=1)
+
+        if audio_context is None:
+            audio_context = self.encode_audio(
+                audio_embeds,
+                hidden_states,
+                temb,
+                timestep_proj,
+                num_video_frames,
+                audio_guidance_triple,
+                clip_level_audio,
+            )
+        if not clip_level_audio and audio_context.shape[1] != grid[0]:
+            raise ValueError(
+                f"audio for {num_video_frames} video frames gives {audio_context.shape[1]} latent frames, "
+                f"but the latents have {grid[0]}"
+            )
+
+        for block in self.blocks:
+            args = (hidden_states, encoder_hidden_states, timestep_proj, rotary_emb, audio_context)
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                hidden_states = self._gradient_checkpointing_func(block, *args)
+            else:
+                hidden_states = block(*args)
+
+        shift, scale = (self.scale_shift_table + temb.float().unsqueeze(1)).chunk(2, dim=1)
+        hidden_states = (self.norm_out(hidden_states.float()) * (1 + scale) + shift).type_as(hidden_states)
+        hidden_states = self.proj_out(hidden_states)
+
+        hidden_states = hidden_states.reshape(batch, *grid, p_t, p_h, p_w, -1)
+        output = hidden_states.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3)
+        if not return_dict:
+            return (output,)
+        return Transformer2DModelOutput(sample=output)
