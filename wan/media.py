@@ -1,0 +1,449 @@
+"""Reading the user's audio and reference image, and writing the generated video (H.264 + AAC in MP4).
+
+Everything is decoded and encoded with PyAV (FFmpeg), so no `ffmpeg` executable is needed. Bad input
+raises `UserFacingError` (`MissingFileError` for a path that does not exist) with a one-line message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+import weakref
+from fractions import Fraction
+from math import gcd
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from scipy.signal import resample_poly
+
+from .errors import MissingFileError, UserFacingError
+
+_AUDIO_HINT = "pass a wav, mp3, flac, m4a, ogg or video file with speech or singing"
+_IMAGE_HINT = "pass a PNG, JPEG or WebP image of the person"
+_MAX_CHANNELS = 16  # a 2-D waveform whose shorter axis is longer than this is not [C, S] or [S, C]
+
+
+def _one_line(error: BaseException) -> str:
+    # FFmpeg errors carry a short reason in strerror; str() adds the errno and file name.
+    text = getattr(error, "strerror", None) or str(error)
+    return " ".join(text.split()) or type(error).__name__
+
+
+def _existing_file(source: str | os.PathLike[str], kind: str) -> Path:
+    path = Path(source)
+    if not path.exists():
+        raise MissingFileError(f"{kind} file not found: {path}; check the path")
+    if not path.is_file():
+        raise UserFacingError(f"{path} is not a file; pass a {kind} file")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- audio
+
+
+def load_audio(
+    source: str | os.PathLike[str] | np.ndarray | torch.Tensor,
+    sample_rate: int = 16000,
+    source_sample_rate: int | None = None,
+) -> np.ndarray:
+    """Load speech or singing as mono float32 [S] at `sample_rate` Hz, values nominally in [-1, 1].
+
+    `source` is either
+    - a path to an audio file (wav, mp3, flac, m4a/aac, ogg, ...) or to a video file, whose first audio
+      stream is used; any sample rate, channel count and sample format;
+    - a waveform array or tensor: [S] (mono), or 2-D with the shorter axis as channels ([C, S] or [S, C],
+      at most 16 channels). Integer arrays are scaled from their full range (int16 / 32768, ...).
+      `source_sample_rate` is its rate in Hz; None means it is already at `sample_rate`
+      (`source_sample_rate` is ignored for files, which state their own rate).
+
+    Channels are averaged to mono and the result is resampled with a polyphase filter
+    (`scipy.signal.resample_poly`) to exactly round(S_in * sample_rate / source_rate) samples.
+    Silence is valid; missing, undecodable, audio-less or empty sources raise `UserFacingError`.
+    """
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    if isinstance(source, (np.ndarray, torch.Tensor)):
+        mono = _waveform_to_mono(source, "audio waveform")
+        rate = sample_rate if source_sample_rate is None else source_sample_rate
+        if rate <= 0:
+            raise UserFacingError(f"source_sample_rate must be positive, got {rate}")
+    else:
+        mono, rate = _decode_audio_file(_existing_file(source, "audio"))
+    return _resample(mono, rate, sample_rate)
+
+
+def _waveform_to_mono(waveform: np.ndarray | torch.Tensor, what: str) -> np.ndarray:
+    """[S], [C, S] or [S, C] (shorter axis = channels), any real dtype -> float32 mono [S]."""
+    if isinstance(waveform, torch.Tensor):
+        waveform = waveform.detach().cpu()
+        waveform = (waveform if waveform.dtype in (torch.int16, torch.int32) else waveform.float()).numpy()
+    array = np.asarray(waveform)
+    if array.ndim == 2:
+        if min(array.shape) > _MAX_CHANNELS:
+            raise UserFacingError(
+                f"{what} has shape {list(array.shape)}; pass [samples] or [channels, samples] "
+                f"with at most {_MAX_CHANNELS} channels"
+            )
+        if array.shape[0] > array.shape[1]:  # [S, C] -> [C, S]
+            array = array.T
+    elif array.ndim == 1:
+        array = array[None]
+    else:
+        raise UserFacingError(f"{what} has shape {list(array.shape)}; pass [samples] or [channels, samples]")
+    if array.shape[1] == 0:
+        raise UserFacingError(f"{what} is empty; pass audio with speech or singing")
+    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        raise UserFacingError(f"{what} has dtype {array.dtype}; pass float or integer samples")
+    mono = _pcm_to_float(array).mean(axis=0, dtype=np.float64).astype(np.float32)
+    if not np.isfinite(mono).all():
+        raise UserFacingError(f"{what} contains NaN or infinite samples; pass finite samples")
+    return mono
+
+
+def _pcm_to_float(array: np.ndarray) -> np.ndarray:
+    """Integer PCM -> float in [-1, 1) (full-scale int16 is 32768); floats pass through."""
+    if not np.issubdtype(array.dtype, np.integer):
+        return array
+    info = np.iinfo(array.dtype)
+    if info.min == 0:  # unsigned PCM (8-bit wav) is centred on the middle of its range
+        half = (int(info.max) + 1) // 2
+        return (array.astype(np.float64) - half) / half
+    return array.astype(np.float64) / (int(info.max) + 1)
+
+
+def _decode_audio_file(path: Path) -> tuple[np.ndarray, int]:
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise UserFacingError(f"{path.name} has no audio stream; {_AUDIO_HINT}")
+            mono, rate = _decode_audio_stream(container, container.streams.audio[0], path.name)
+    except av.FFmpegError as error:
+        raise UserFacingError(
+            f"cannot decode audio file {path.name} ({_one_line(error)}); {_AUDIO_HINT}"
+        ) from None
+    return mono, rate
+
+
+def _decode_audio_stream(container: Any, stream: Any, name: str) -> tuple[np.ndarray, int]:
+    """Decode one audio stream of an open container to mono float32 [S] and its sample rate in Hz."""
+    pieces: list[np.ndarray] = []
+    rate: int | None = None
+    last_samples = 0
+    for frame in container.decode(stream):
+        if rate is None:
+            rate = frame.sample_rate
+        elif frame.sample_rate != rate:
+            raise UserFacingError(f"{name} changes sample rate mid-stream; convert it to a plain wav first")
+        samples = frame.to_ndarray()
+        if not frame.format.is_planar:  # packed: [1, S * C] interleaved
+            samples = samples.reshape(-1, frame.layout.nb_channels).T
+        # Average per frame so a long file never holds all its channels in memory.
+        pieces.append(_pcm_to_float(samples[:, : frame.samples]).mean(axis=0).astype(np.float32))
+        last_samples = frame.samples
+    mono = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+    if rate is None or mono.size == 0:
+        raise UserFacingError(f"{name} contains no audio samples; {_AUDIO_HINT}")
+    # Decoders return whole codec frames; AAC pads the last one. The container's declared duration
+    # (an MP4 edit list) says where the real audio ends, so drop that padding but never real audio.
+    if stream.duration and stream.time_base:
+        declared = round(stream.duration * stream.time_base * rate)
+        if 0 < mono.size - declared < last_samples:
+            mono = mono[:declared]
+    return mono, rate
+
+
+def _resample(mono: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
+    target = round(mono.size * target_rate / rate)
+    if rate != target_rate:
+        divisor = gcd(int(rate), int(target_rate))
+        # resample_poly returns ceil(S * up / down) samples; the slice makes it round(...).
+        mono = resample_poly(mono, target_rate // divisor, int(rate) // divisor)[:target]
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------------------------- image
+
+
+def load_image(source: str | os.PathLike[str] | Image.Image | np.ndarray) -> Image.Image:
+    """Load the reference image as an 8-bit RGB `PIL.Image`.
+
+    `source` is a path, a PIL image, or an array [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] of uint8
+    (0..255), uint16 (0..65535) or float (0..1). The EXIF orientation is applied, transparency is
+    composited onto white, and grayscale, palette, CMYK and 16-bit images are converted to RGB.
+    """
+    if isinstance(source, Image.Image):
+        image = source
+    elif isinstance(source, np.ndarray):
+        image = _array_to_image(source)
+    elif isinstance(source, (str, os.PathLike)):
+        path = _existing_file(source, "image")
+        try:
+            with Image.open(path) as opened:
+                opened.load()  # read now, so truncated files fail here and the file handle is closed
+                image = opened
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            raise UserFacingError(
+                f"cannot read image file {path.name} ({_one_line(error)}); {_IMAGE_HINT}"
+            ) from None
+    else:
+        raise TypeError(f"load_image takes a path, PIL image or numpy array, not {type(source).__name__}")
+    if image.width == 0 or image.height == 0:
+        raise UserFacingError(f"the image is empty ({image.width}x{image.height} pixels); {_IMAGE_HINT}")
+    return _to_rgb(ImageOps.exif_transpose(image))
+
+
+def _array_to_image(array: np.ndarray) -> Image.Image:
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
+        raise UserFacingError(
+            f"image array has shape {list(array.shape)}; pass [H, W], [H, W, 3] or [H, W, 4]"
+        )
+    if array.size == 0:
+        raise UserFacingError(f"the image array is empty (shape {list(array.shape)}); {_IMAGE_HINT}")
+    if array.dtype == np.uint16:
+        array = (array / 257.0).round().astype(np.uint8)
+    elif np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all() or array.min() < -1e-3 or array.max() > 1 + 1e-3:
+            raise UserFacingError(
+                "a float image array must hold values in [0, 1]; scale it (e.g. / 255) first"
+            )
+        array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise UserFacingError(f"image array has dtype {array.dtype}; pass uint8 (0..255) or float (0..1)")
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode.startswith("I") or image.mode == "F":  # 16/32-bit integer or float grayscale
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode == "F" and values.max(initial=0) <= 1:
+            values = values * 255
+        elif image.mode != "F" and (image.mode.startswith("I;16") or values.max(initial=0) > 255):
+            values = values / 257  # 16-bit data (PNG 16-bit gray opens as I;16 or I)
+        image = Image.fromarray(np.clip(values, 0, 255).round().astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")  # convert() copies, so the caller's image is never modified
+
+
+# ----------------------------------------------------------------------------------------------- video
+
+
+class VideoWriter:
+    """Stream frames into an MP4 (H.264 yuv420p, constant frame rate) with optional AAC audio.
+
+    Use as a context manager::
+
+        with VideoWriter("out.mp4", fps=25, audio=wave, audio_sample_rate=16000) as writer:
+            for chunk in chunks:
+                writer.write(chunk)  # [T, H, W, 3]
+
+    Frames are encoded as they arrive, so they never pile up in memory. The audio (mono [S] or
+    [C, S] at `audio_sample_rate` Hz, as `load_audio` takes it) is encoded alongside and, on close,
+    cut or padded with silence to exactly the video's duration (frames / fps). The file is written
+    as `.<name>.<random>.partial.mp4` in the destination folder and renamed to `path` only when
+    `close()` succeeds; after an error inside the `with` block, or if the writer is dropped without
+    closing, the partial file is deleted and `path` is left untouched. The container is always MP4,
+    with `+faststart` (index at the front) so players can start before the whole file is read.
+
+    With `frames_dir`, every frame is also saved there as `frame_000000.png`, `frame_000001.png`, ...
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        fps: int | Fraction = 25,
+        audio: np.ndarray | torch.Tensor | None = None,
+        audio_sample_rate: int = 16000,
+        frames_dir: str | os.PathLike[str] | None = None,
+        crf: int = 18,
+    ) -> None:
+        self.path = Path(path)
+        self.fps = Fraction(fps)
+        if self.fps <= 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        self.frames_dir = Path(frames_dir) if frames_dir is not None else None
+        self.frame_count = 0
+        self._audio = (
+            None if audio is None else np.clip(_waveform_to_mono(audio, "audio for the video"), -1, 1)
+        )
+        self._audio_rate = audio_sample_rate
+        self._audio_sent = 0  # samples handed to the AAC encoder so far
+        self._closed = False
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.frames_dir is not None:
+            self.frames_dir.mkdir(parents=True, exist_ok=True)
+        # Same folder as the target, so os.replace is an atomic rename; the random part keeps two
+        # writers aimed at one path apart.
+        self._partial = self.path.with_name(f".{self.path.stem}.{uuid.uuid4().hex[:8]}.partial.mp4")
+        self._container = av.open(str(self._partial), "w", format="mp4", options={"movflags": "+faststart"})
+        # Deletes the partial file if the writer is aborted or garbage-collected before close().
+        self._discard = weakref.finalize(self, _discard_partial, self._container, self._partial)
+        # PyAV needs every stream before the first packet is muxed, so both are added now; the video
+        # size is filled in by the first write().
+        self._video = self._container.add_stream("libx264", rate=self.fps)
+        self._video.pix_fmt = "yuv420p"
+        self._video.options = {"crf": str(crf)}
+        # RGB->YUV below uses the BT.601 matrix (limited range); say so, or players guess BT.709 for HD.
+        self._video.codec_context.colorspace = 6  # SMPTE 170M (BT.601)
+        self._video.codec_context.color_primaries = 6
+        self._video.codec_context.color_trc = 6
+        self._video.codec_context.color_range = 1  # limited ("tv") range
+        self._audio_stream = None
+        if self._audio is not None:
+            self._audio_stream = self._container.add_stream("aac", rate=audio_sample_rate, layout="mono")
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def write(self, frames: np.ndarray | torch.Tensor, value_range: tuple[float, float] = (0.0, 1.0)) -> None:
+        """Encode frames [T, H, W, 3] (or one frame [H, W, 3]) now.
+
+        uint8 frames are used as they are (0..255). Float frames (numpy or torch, any device) are mapped
+        from `value_range` to 0..255 and clipped: (0, 1) by default, pass (-1, 1) for raw VAE output.
+        Width and height must be even (H.264 yuv420p) and the same for every frame.
+        """
+        if self._closed:
+            raise RuntimeError("VideoWriter.write() called after close()")
+        if isinstance(frames, torch.Tensor):
+            frames = frames.detach().cpu()
+            frames = (frames if frames.dtype == torch.uint8 else frames.float()).numpy()
+        frames = np.asarray(frames)
+        if frames.ndim == 3:
+            frames = frames[None]
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise UserFacingError(f"video frames have shape {list(frames.shape)}; pass [T, H, W, 3] (RGB)")
+        if frames.dtype != np.uint8 and not np.issubdtype(frames.dtype, np.floating):
+            raise UserFacingError(f"video frames have dtype {frames.dtype}; pass uint8 or float frames")
+        if frames.shape[0]:
+            self._set_size(frames.shape[2], frames.shape[1])
+        low, high = value_range
+        for frame in frames:  # convert one frame at a time: a float batch copy would double memory
+            if frame.dtype != np.uint8:
+                if not np.isfinite(frame).all():
+                    raise UserFacingError(f"video frame {self.frame_count} contains NaN or infinite values")
+                frame = (np.clip((frame - low) / (high - low), 0, 1) * 255).round().astype(np.uint8)
+            frame = np.ascontiguousarray(frame)
+            if self.frames_dir is not None:
+                Image.fromarray(frame).save(self.frames_dir / f"frame_{self.frame_count:06d}.png")
+            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            video_frame.pts, video_frame.time_base = self.frame_count, 1 / self.fps
+            self._mux(self._video.encode(video_frame))
+            self.frame_count += 1
+        self._encode_audio(final=False)
+
+    def close(self) -> None:
+        """Finish encoding, mux the audio (cut or padded to frames / fps) and move the file to `path`."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.frame_count == 0:
+                raise UserFacingError(f"no video frames were written, so {self.path} was not created")
+            self._encode_audio(final=True)
+            self._mux(self._video.encode(None))
+            if self._audio_stream is not None:
+                self._mux(self._audio_stream.encode(None))
+            self._container.close()
+        except BaseException:
+            self._discard()
+            raise
+        os.replace(self._partial, self.path)
+        self._discard.detach()
+
+    def abort(self) -> None:
+        """Stop without creating `path`; the partial file is deleted."""
+        self._closed = True
+        self._discard()
+
+    def _set_size(self, width: int, height: int) -> None:
+        if self.frame_count == 0:
+            if width % 2 or height % 2:
+                raise UserFacingError(
+                    f"video frames are {width}x{height} pixels, but H.264 (yuv420p) needs an even width "
+                    "and height; crop or resize the reference image to even sizes"
+                )
+            self._video.width, self._video.height = width, height
+        elif (width, height) != (self._video.width, self._video.height):
+            raise UserFacingError(
+                f"video frame size changed from {self._video.width}x{self._video.height} to {width}x{height}; "
+                "all frames of one video must be the same size"
+            )
+
+    def _encode_audio(self, final: bool) -> None:
+        """Feed the encoder the audio up to the current video time, so the two streams interleave."""
+        if self._audio_stream is None:
+            return
+        end = round(self.frame_count / self.fps * self._audio_rate)  # exact: fps is a Fraction
+        frame_size = self._audio_stream.codec_context.frame_size or 1024
+        # AAC takes whole frames of `frame_size` samples; only the very last one may be shorter.
+        while end - self._audio_sent >= frame_size or (final and end > self._audio_sent):
+            count = min(frame_size, end - self._audio_sent)
+            chunk = np.zeros((1, count), np.float32)  # silence past the end of the given audio
+            given = self._audio[self._audio_sent : self._audio_sent + count]
+            chunk[0, : given.size] = given
+            audio_frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
+            audio_frame.sample_rate = self._audio_rate
+            # Real timestamps let the muxer write an edit list that hides the encoder's priming samples.
+            audio_frame.pts, audio_frame.time_base = self._audio_sent, Fraction(1, self._audio_rate)
+            self._mux(self._audio_stream.encode(audio_frame))
+            self._audio_sent += count
+
+    def _mux(self, packets: list[Any]) -> None:
+        for packet in packets:
+            self._container.mux(packet)
+
+
+def _discard_partial(container: Any, partial: Path) -> None:
+    # The file is deleted anyway; a half-written container may refuse to close cleanly.
+    with contextlib.suppress(Exception):
+        container.close()
+    partial.unlink(missing_ok=True)
+
+
+def read_video_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Describe a video file by decoding it.
+
+    Returns {"frames": int (decoded frame count), "fps": float, "width": int, "height": int,
+    "duration": float (frames / fps, seconds), "has_audio": bool, "audio_duration": float (seconds of
+    decoded audio, 0.0 without audio), "audio_sample_rate": int | None (Hz)}.
+    """
+    path = _existing_file(path, "video")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise UserFacingError(f"{path.name} has no video stream; pass a video file")
+            video = container.streams.video[0]
+            frames = sum(1 for _ in container.decode(video))
+            fps = float(video.guessed_rate or video.average_rate or 0)
+            info: dict[str, Any] = {
+                "frames": frames,
+                "fps": fps,
+                "width": video.codec_context.width,
+                "height": video.codec_context.height,
+                "duration": frames / fps if fps else 0.0,
+                "has_audio": bool(container.streams.audio),
+                "audio_duration": 0.0,
+                "audio_sample_rate": None,
+            }
+        if info["has_audio"]:
+            mono, rate = _decode_audio_file(path)
+            info["audio_duration"], info["audio_sample_rate"] = mono.size / rate, rate
+    except av.FFmpegError as error:
+        raise UserFacingError(f"cannot decode video file {path.name} ({_one_line(error)})") from None
+    return info
