@@ -1,0 +1,230 @@
+"""`StableAvatarPipeline`: reference image + audio (+ prompt) -> talking video with the audio muxed in."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKLWan, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+from PIL import Image
+from transformers import (
+    CLIPVisionModel,
+    PreTrainedTokenizerBase,
+    UMT5EncoderModel,
+    Wav2Vec2FeatureExtractor,
+    Wav2Vec2Model,
+)
+
+from ..errors import UserFacingError
+from ..loading.audio_encoder import encode_audio
+from ..media import VideoWriter, load_audio, load_image
+from ..models import StableAvatarTransformer3DModel
+from .conditioning import (
+    DEFAULT_NEGATIVE_PROMPT,
+    encode_image,
+    encode_prompt,
+    encode_window_condition,
+    image_to_tensor,
+)
+from .decoding import stream_decode
+from .sampler import GuidanceScales, ProgressCallback, SamplingConditions, SlidingWindowSampler
+from .windows import Window, window_audio_span
+
+SAMPLE_RATE = 16000
+SIZE_MULTIPLE = 16
+
+
+@dataclass
+class StableAvatarOutput:
+    """What a generation produced."""
+
+    video_path: Path | None
+    num_frames: int
+    num_windows: int
+    seed: int
+    seconds: float
+    latents: torch.Tensor | None = None
+
+
+def video_frames_for_audio(num_samples: int, fps: int = 25, sample_rate: int = SAMPLE_RATE) -> int:
+    """Whole video frames the audio spans: floor(samples / (sample_rate / fps))."""
+    return num_samples // (sample_rate // fps)
+
+
+def latent_frames_for_video(num_frames: int) -> int:
+    """Latent frames whose decoding covers `num_frames` (the VAE gives 1 + 4(L-1)); extra frames are cut."""
+    return math.ceil((num_frames - 1) / 4) + 1
+
+
+class StableAvatarPipeline(DiffusionPipeline):
+    r"""Audio-driven avatar video of any length from one reference image.
+
+    Components: `vae` (Wan causal VAE), `text_encoder` (umT5) + `tokenizer`, `image_encoder` (CLIP ViT-H/14
+    vision tower), `transformer` (StableAvatar DiT), `scheduler` (flow matching, shift 5), `audio_encoder`
+    (wav2vec2) + `audio_feature_extractor`.
+    """
+
+    model_cpu_offload_seq = "text_encoder->image_encoder->audio_encoder->transformer->vae"
+
+    def __init__(
+        self,
+        vae: AutoencoderKLWan,
+        text_encoder: UMT5EncoderModel,
+        tokenizer: PreTrainedTokenizerBase,
+        image_encoder: CLIPVisionModel,
+        transformer: StableAvatarTransformer3DModel,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        audio_encoder: Wav2Vec2Model,
+        audio_feature_extractor: Wav2Vec2FeatureExtractor,
+    ) -> None:
+        super().__init__()
+        self.register_modules(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            image_encoder=image_encoder,
+            transformer=transformer,
+            scheduler=scheduler,
+            audio_encoder=audio_encoder,
+            audio_feature_extractor=audio_feature_extractor,
+        )
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: str | Path | Image.Image | np.ndarray,
+        audio: str | Path | np.ndarray | torch.Tensor,
+        prompt: str = "",
+        negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
+        height: int = 512,
+        width: int = 512,
+        num_inference_steps: int = 50,
+        text_guidance_scale: float = 3.0,
+        audio_guidance_scale: float = 5.0,
+        clip_length: int = 81,
+        overlap: int = 5,
+        weighting: str = "uniform",
+        seed: int | None = None,
+        fps: int = 25,
+        audio_sample_rate: int | None = None,
+        output_path: str | Path | None = None,
+        frames_dir: str | Path | None = None,
+        callback: ProgressCallback | None = None,
+        output_type: str = "mp4",
+        progress: bool = True,
+    ) -> StableAvatarOutput:
+        """Generate the video.
+
+        Args:
+            image: the reference portrait (path, PIL image or array); stretched to `width` x `height`.
+            audio: speech or singing (a path to any audio or video file, or a waveform at
+                `audio_sample_rate`); resampled to 16 kHz mono. Its length sets the video's length.
+            prompt / negative_prompt: text guidance.
+            height, width: output size, multiples of 16 (trained: 512x512, 480x832, 832x480).
+            num_inference_steps: flow-matching Euler steps.
+            text_guidance_scale, audio_guidance_scale: guidance strengths.
+            clip_length: video frames per window, 4k+1 (81 as trained).
+            overlap: latent frames shared by neighbouring windows.
+            weighting: 'uniform' or 'log' blending across overlaps.
+            seed: makes the noise reproducible on any device; random when None (reported in the output).
+            fps: output frame rate; the audio is cut into frames at this rate (the model was trained at 25).
+            output_path: the mp4 to write (written under a temporary name, renamed when complete).
+            frames_dir: also save every frame as PNG here.
+            callback: called after every window step with (step, window, steps, windows).
+            output_type: 'mp4' (needs output_path) or 'latent' (returns the latents, writes nothing).
+        """
+        started = time.monotonic()
+        self._check_settings(height, width, clip_length, overlap, fps, output_type, output_path)
+        reference = load_image(image)
+        waveform = load_audio(audio, SAMPLE_RATE, audio_sample_rate)
+        num_frames = video_frames_for_audio(len(waveform), fps)
+        if num_frames < 1:
+            raise UserFacingError(
+                f"the audio is {len(waveform) / SAMPLE_RATE * 1000:.0f} ms long, shorter than one video frame "
+                f"({1000 / fps:.0f} ms); pass a longer audio file"
+            )
+        device = self._execution_device
+        window_length = (clip_length - 1) // 4 + 1
+        num_latent_frames = latent_frames_for_video(num_frames)
+
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if seed is None else int(seed)
+        generator = torch.Generator("cpu").manual_seed(seed)
+        latent_shape = (1, self.vae.config.z_dim, num_latent_frames, height // 8, width // 8)
+        noise = torch.randn(latent_shape, generator=generator, dtype=torch.float32)
+
+        pixels = image_to_tensor(reference, width, height)
+        conditions = SamplingConditions(
+            prompt_embeds=encode_prompt(self.tokenizer, self.text_encoder, prompt, device),
+            negative_prompt_embeds=encode_prompt(self.tokenizer, self.text_encoder, negative_prompt, device),
+            image_embeds=encode_image(self.image_encoder, pixels),
+            condition=encode_window_condition(self.vae, pixels, min(window_length, num_latent_frames)),
+        )
+        sampler = SlidingWindowSampler(
+            self.transformer,
+            self.scheduler,
+            window_length=window_length,
+            overlap=overlap,
+            weighting=weighting,
+            guidance=GuidanceScales(text=text_guidance_scale, audio=audio_guidance_scale),
+            device=device,
+        )
+        latents = sampler(
+            noise,
+            conditions,
+            lambda window: self._window_audio(waveform, window, fps),
+            num_inference_steps,
+            callback=callback,
+            progress=progress,
+        )
+        num_windows = len(sampler.plan(num_latent_frames))
+        if output_type == "latent":
+            return StableAvatarOutput(
+                None, num_frames, num_windows, seed, time.monotonic() - started, latents
+            )
+
+        output_path = Path(output_path)
+        output_path.parent.mkdir(parents=True, exist_ok=True)
+        with VideoWriter(
+            output_path, fps=fps, audio=waveform, audio_sample_rate=SAMPLE_RATE, frames_dir=frames_dir
+        ) as writer:
+            remaining = num_frames
+            for chunk in stream_decode(self.vae, latents):
+                frames = chunk[0, :, :remaining].permute(1, 2, 3, 0)  # [T, H, W, 3]
+                writer.write(frames, value_range=(-1.0, 1.0))
+                remaining -= frames.shape[0]
+        return StableAvatarOutput(output_path, num_frames, num_windows, seed, time.monotonic() - started)
+
+    def _window_audio(self, waveform: np.ndarray, window: Window, fps: int) -> torch.Tensor:
+        """wav2vec2 features `[1, Na, 768]` of a window's audio (4 frames per latent frame; silence past the end)."""
+        start, length = window_audio_span(window, SAMPLE_RATE // fps)
+        chunk = np.zeros(length, dtype=np.float32)
+        piece = waveform[start : start + length]
+        chunk[: len(piece)] = piece
+        return encode_audio(self.audio_encoder, self.audio_feature_extractor, chunk)
+
+    @staticmethod
+    def _check_settings(
+        height: int, width: int, clip_length: int, overlap: int, fps: int, output_type: str, output_path
+    ) -> None:
+        if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE or height <= 0 or width <= 0:
+            raise UserFacingError(
+                f"width and height must be positive multiples of {SIZE_MULTIPLE}, got {width}x{height}; "
+                "try 512x512, 480x832 or 832x480"
+            )
+        if clip_length < 5 or (clip_length - 1) % 4:
+            raise UserFacingError(f"clip length must be 4k+1 frames (e.g. 81), got {clip_length}")
+        window_length = (clip_length - 1) // 4 + 1
+        if not 0 <= overlap < window_length:
+            raise UserFacingError(
+                f"overlap must be between 0 and {window_length - 1} latent frames for a {clip_length}-frame clip, got {overlap}"
+            )
+        if SAMPLE_RATE % fps:
+            raise UserFacingError(f"fps must divide {SAMPLE_RATE} (e.g. 25), got {fps}")
+        if output_type not in ("mp4", "latent"):
+            raise UserFacingError(f"output_type must be 'mp4' or 'latent', got {output_type!r}")
+        if output_type == "mp4" and output_path is None:
+            raise UserFacingError("pass output_path for an mp4 (or output_type='latent')")

@@ -1,0 +1,101 @@
+"""A randomly initialised pipeline of the real architecture at toy size: for tests, benchmarks and for
+trying the program before any weights are downloaded. Its videos are noise-like, not faces."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import (
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    PreTrainedTokenizerFast,
+    UMT5Config,
+    UMT5EncoderModel,
+    Wav2Vec2Config,
+    Wav2Vec2FeatureExtractor,
+    Wav2Vec2Model,
+)
+
+from ..models import TINY, StableAvatarTransformer3DModel
+from .pipeline import StableAvatarPipeline
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """A tokenizer that needs no download: one token per UTF-8 byte, `</s>` appended, `<pad>` = 0."""
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[symbol] = len(vocab)
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def build_tiny_pipeline(seed: int = 0, audio_strength: float = 0.2) -> StableAvatarPipeline:
+    """All eight components at toy size with random weights (seeded). The audio projections, zero at
+    initialisation, get `audio_strength`-scaled random values so the audio path is exercised."""
+    torch.manual_seed(seed)
+    tokenizer = byte_tokenizer()
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=len(tokenizer),
+            d_model=TINY["text_dim"],
+            d_kv=8,
+            d_ff=48,
+            num_layers=1,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            feed_forward_proj="gated-gelu",
+            dropout_rate=0.0,
+        )
+    )
+    image_encoder = CLIPVisionModel(
+        CLIPVisionConfig(
+            image_size=28,
+            patch_size=14,
+            hidden_size=TINY["image_dim"],
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+        )
+    )
+    audio_encoder = Wav2Vec2Model(
+        Wav2Vec2Config(
+            hidden_size=768,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            intermediate_size=64,
+            conv_dim=[32] * 7,
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=16,
+            apply_spec_augment=False,
+        )
+    )
+    feature_extractor = Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True
+    )
+    vae = AutoencoderKLWan(
+        base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
+    transformer = StableAvatarTransformer3DModel(**TINY)
+    for block in transformer.blocks:
+        torch.nn.init.normal_(block.attn2.to_k_audio.weight, std=audio_strength)
+        torch.nn.init.normal_(block.attn2.to_v_audio.weight, std=audio_strength)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=5.0)
+    modules = (text_encoder, image_encoder, audio_encoder, vae, transformer)
+    for module in modules:
+        module.eval().requires_grad_(False)
+    return StableAvatarPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        image_encoder=image_encoder,
+        transformer=transformer,
+        scheduler=scheduler,
+        audio_encoder=audio_encoder,
+        audio_feature_extractor=feature_extractor,
+    )

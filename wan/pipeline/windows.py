@@ -1,0 +1,69 @@
+"""The sliding-window schedule: which latent frames each window denoises and how overlaps are fused."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+WEIGHTING_SCHEMES = ("uniform", "log")
+
+
+@dataclass(frozen=True)
+class Window:
+    """Latent frames `[start, end)`; the first `overlap` of them were also computed by the previous window."""
+
+    start: int
+    end: int
+    overlap: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+def plan_windows(num_latent_frames: int, window_length: int, overlap: int) -> list[Window]:
+    """Windows of `window_length` latent frames, each starting `window_length - overlap` after the last.
+
+    Unlike the published sampler (which hangs when the video is exactly one window long, renders nothing
+    when it is shorter, and gives the last window a ragged length), every window here has the full length
+    except when the whole video is shorter than one window, and the last window is aligned to the end, so it
+    overlaps its predecessor by at least `overlap` frames.
+    """
+    if num_latent_frames < 1:
+        raise ValueError("the video needs at least one latent frame")
+    if window_length < 1 or not 0 <= overlap < window_length:
+        raise ValueError(
+            f"need 0 <= overlap < window length, got overlap {overlap} and window {window_length}"
+        )
+    if num_latent_frames <= window_length:
+        return [Window(0, num_latent_frames, 0)]
+    stride = window_length - overlap
+    windows = [Window(0, window_length, 0)]
+    while windows[-1].end < num_latent_frames:
+        previous = windows[-1]
+        start = min(previous.start + stride, num_latent_frames - window_length)
+        windows.append(Window(start, start + window_length, previous.end - start))
+    return windows
+
+
+def blend_weights(length: int, scheme: str = "uniform") -> torch.Tensor:
+    """Weights `[length]` of the *new* window's frames across an overlap, rising from 0 to 1.
+
+    'uniform': j / (length - 1); 'log': ln(1 + (e - 1) j / (length - 1)), min-max normalised.
+    """
+    if scheme not in WEIGHTING_SCHEMES:
+        raise ValueError(
+            f"unknown overlap weighting {scheme!r}; choose one of {', '.join(WEIGHTING_SCHEMES)}"
+        )
+    if length == 1:
+        return torch.zeros(1)
+    if scheme == "uniform":
+        return torch.arange(length, dtype=torch.float32) / (length - 1)
+    weights = torch.log1p(torch.linspace(0, 1, length) * (torch.exp(torch.tensor(1.0)) - 1))
+    return (weights - weights.min()) / (weights.max() - weights.min())
+
+
+def window_audio_span(window: Window, samples_per_frame: int) -> tuple[int, int]:
+    """(first sample, number of samples) of the audio a window is conditioned on: 4 video frames per latent frame."""
+    return window.start * 4 * samples_per_frame, window.length * 4 * samples_per_frame
