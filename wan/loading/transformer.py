@@ -163,17 +163,13 @@ def load_stableavatar_transformer(
     config = read_reference_config(base_model_dir)
     if transformer_path is not None:
         state_dict = convert_reference_state_dict(load_state_dict_file(transformer_path))
-        if "audio_adapter.proj_in.2.weight" in state_dict:  # two-stage projection, whatever the width
-            config["audio_proj_dims"] = (
-                state_dict["audio_adapter.proj_in.0.weight"].shape[0],
-                config["added_kv_proj_dim"],
-            )
         allow_missing_audio = False
     else:
         state_dict = {}
         for file in _find_base_weights(base_model_dir):
             state_dict.update(convert_reference_state_dict(load_state_dict_file(file)))
         allow_missing_audio = True
+    config.update(_widths_from_weights(state_dict))
     if allow_missing_audio:
         # The audio modules are absent from a base checkpoint and keep their (zero-output) initialisation.
         model = StableAvatarTransformer3DModel(**config)
@@ -183,6 +179,25 @@ def load_stableavatar_transformer(
     load_converted_state_dict(model, state_dict, allow_missing_audio=allow_missing_audio)
     model.rebuild_buffers()
     return _cast(model, torch_dtype)
+
+
+def _widths_from_weights(state_dict: Mapping[str, torch.Tensor]) -> dict:
+    """Config entries that the weights determine (CLIP width, audio projection stages), so home-made
+    checkpoints of other sizes load too."""
+    widths: dict = {}
+    image_norm = state_dict.get("condition_embedder.image_embedder.norm1.weight")
+    if image_norm is not None:
+        widths["image_dim"] = image_norm.shape[0]
+    stages = sorted(
+        int(k.split(".")[2]) for k in state_dict if re.fullmatch(r"audio_adapter\.proj_in\.\d+\.weight", k)
+    )
+    linear_stages = [i for i in stages if state_dict[f"audio_adapter.proj_in.{i}.weight"].ndim == 2]
+    if linear_stages:
+        widths["audio_proj_dims"] = tuple(
+            state_dict[f"audio_adapter.proj_in.{i}.weight"].shape[0] for i in linear_stages
+        )
+        widths["audio_dim"] = state_dict["audio_adapter.proj_in.0.weight"].shape[1]
+    return widths
 
 
 def _cast(model: StableAvatarTransformer3DModel, dtype: torch.dtype) -> StableAvatarTransformer3DModel:
