@@ -9,7 +9,14 @@ import torch
 from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
 from tests.reference import formula_state_dict, load_json
-from wan.loading.released import CLIP_FILE, T5_FILE, T5_TOKENIZER_DIR, VAE_FILE, ReleasedLayout
+from wan.loading.released import (
+    CLIP_FILE,
+    COMPONENT_CONFIG_FILE,
+    T5_FILE,
+    T5_TOKENIZER_DIR,
+    VAE_FILE,
+    ReleasedLayout,
+)
 from wan.loading.transformer import rename_reference_key
 from wan.models import StableAvatarTransformer3DModel, config_from_reference
 from wan.pipeline.tiny import byte_tokenizer
@@ -70,5 +77,5 @@ def write_released_layout(root: Path) -> ReleasedLayout:
         "t5": {**components["t5"]["config"], "vocab": len(tokenizer)},
         "clip": components["clip"]["config"],
     }  # fmt: skip
-    (root / "component_config.json").write_text(json.dumps(configs))
-    return ReleasedLayout(base, transformer_path, wav2vec_dir, configs)
+    (base / COMPONENT_CONFIG_FILE).write_text(json.dumps(configs))
+    return ReleasedLayout(base, transformer_path, wav2vec_dir)

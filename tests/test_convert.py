@@ -29,8 +29,7 @@ def _latents(pipe: StableAvatarPipeline) -> torch.Tensor:
 def test_convert_writes_a_folder_that_generates_like_the_released_files(released, tmp_path) -> None:
     root = released.base_dir.parent
     output = tmp_path / "converted"
-    code = run_cli(convert_main, ["--checkpoints_dir", str(root), "--output", str(output), "--dtype", "float32",
-                                  "--component_config", str(root / "component_config.json")])  # fmt: skip
+    code = run_cli(convert_main, ["--checkpoints_dir", str(root), "--output", str(output), "--dtype", "float32"])  # fmt: skip
     assert code == 0
     assert (output / "model_index.json").is_file()
     assert not list(tmp_path.glob(".converted*"))  # no staging folder left

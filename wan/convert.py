@@ -9,11 +9,9 @@ The result loads with `StableAvatarPipeline.from_pretrained(folder, torch_dtype=
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from .cli import atomic_directory, parse_dtype, run_cli
-from .errors import UserFacingError
 from .loading.released import ReleasedLayout, load_released_pipeline
 
 TRANSFORMER_VARIANTS = {"square": "transformer3d-square.pt", "rec-vec": "transformer3d-rec-vec.pt"}
@@ -63,12 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="storage dtype of transformer and encoders: bfloat16 (default, half the size), "
         "float16 or float32; the VAE is kept in float32",
     )
-    parser.add_argument(
-        "--component_config",
-        type=Path,
-        help="JSON of reference-style configs {'vae': ..., 't5': ..., 'clip': ...} for home-made "
-        "models of other sizes; the released sizes need none",
-    )
     return parser
 
 
@@ -77,16 +69,10 @@ def layout_from_args(args: argparse.Namespace) -> ReleasedLayout:
     transformer = (
         args.transformer_path or checkpoints / "StableAvatar-1.3B" / TRANSFORMER_VARIANTS[args.variant]
     )
-    configs = {}
-    if args.component_config is not None:
-        if not args.component_config.is_file():
-            raise UserFacingError(f"component config {args.component_config} not found")
-        configs = json.loads(args.component_config.read_text())
     return ReleasedLayout(
         base_dir=args.base_model_dir or checkpoints / "Wan2.1-Fun-V1.1-1.3B-InP",
         transformer_path=None if args.base_only else transformer,
         wav2vec_dir=args.wav2vec_dir or checkpoints / "wav2vec2-base-960h",
-        component_configs=configs,
     )
 
 

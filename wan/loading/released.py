@@ -12,6 +12,7 @@ checkpoints/
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,14 +33,17 @@ VAE_FILE = "Wan2.1_VAE.pth"
 T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
 T5_TOKENIZER_DIR = "google/umt5-xxl"
 CLIP_FILE = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
+# Optional, beside config.json: reference-style configs {"vae": ..., "t5": ..., "clip": ...} of encoders
+# whose sizes differ from the released ones (home-made small models). The released files need none.
+COMPONENT_CONFIG_FILE = "stableavatar_components.json"
 # Wan's flow-matching schedule as the published sampler uses it.
 SCHEDULER_CONFIG: dict[str, Any] = {"num_train_timesteps": 1000, "shift": 5.0, "use_dynamic_shifting": False}
 
 
 @dataclass
 class ReleasedLayout:
-    """Paths of one downloaded model. `component_configs` overrides the released sizes (reference-style
-    configs keyed 'vae', 't5', 'clip'), which only tests and home-made small models need."""
+    """Paths of one downloaded model. `component_configs` overrides the released encoder sizes; by default
+    it is read from `COMPONENT_CONFIG_FILE` in the base folder when that file exists."""
 
     base_dir: Path
     transformer_path: Path | None
@@ -79,6 +83,9 @@ def load_released_pipeline(
 
     layout.check()
     configs = layout.component_configs
+    config_file = layout.base_dir / COMPONENT_CONFIG_FILE
+    if not configs and config_file.is_file():
+        configs = json.loads(config_file.read_text())
     steps = tqdm(total=6, desc="loading checkpoints", unit="part", disable=not progress)
 
     def done(name: str) -> None:

@@ -1,0 +1,214 @@
+"""The command line behind `inference.py`: flags (the published names), loading, generating, summary."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from .cli import parse_dtype
+from .errors import UserFacingError
+from .loading.released import ReleasedLayout, load_released_pipeline
+from .pipeline.conditioning import DEFAULT_NEGATIVE_PROMPT
+from .pipeline.memory import MEMORY_MODES, apply_memory_mode
+from .pipeline.pipeline import StableAvatarPipeline
+from .pipeline.windows import WEIGHTING_SCHEMES
+
+DEMO_MODEL_DIR = Path("checkpoints/demo")
+NO_EFFECT = "accepted so the published inference.sh runs unchanged; it has no effect (none in the published code either)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="inference.py",
+        description="Generate a talking/singing video of the person in a reference image, driven by an audio "
+        "track of any length. The output mp4 carries the audio.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    model = parser.add_argument_group(
+        "model (one of: --model_dir, the published checkpoint flags, --random_tiny_model)"
+    )
+    model.add_argument("--model_dir", type=Path, help="a converted diffusers folder (python -m wan.convert); "
+                       f"default: {DEMO_MODEL_DIR} if present")  # fmt: skip
+    model.add_argument(
+        "--pretrained_model_name_or_path",
+        type=Path,
+        help="the downloaded Wan2.1-Fun-V1.1-1.3B-InP folder (converted in memory at start-up)",
+    )
+    model.add_argument(
+        "--transformer_path",
+        type=Path,
+        help="StableAvatar weights, e.g. StableAvatar-1.3B/transformer3d-square.pt",
+    )
+    model.add_argument("--pretrained_wav2vec_path", type=Path, help="the wav2vec2-base-960h folder")
+    model.add_argument(
+        "--random_tiny_model",
+        action="store_true",
+        help="a tiny model with RANDOM weights (no download needed): shows the program works, "
+        "produces noise, not a face",
+    )
+    inputs = parser.add_argument_group("inputs")
+    inputs.add_argument(
+        "--validation_reference_path", type=Path, required=True, help="reference image of the person"
+    )
+    inputs.add_argument(
+        "--validation_driven_audio_path",
+        type=Path,
+        required=True,
+        help="driving audio: wav/mp3/flac/m4a or a video file's audio track; any length",
+    )
+    inputs.add_argument(
+        "--validation_prompts",
+        nargs="+",
+        default=["The protagonist is speaking."],
+        help="text prompt (words are joined); describe first frame, behaviour, background",
+    )
+    inputs.add_argument("--negative_prompt", default=DEFAULT_NEGATIVE_PROMPT, help="what to steer away from")
+    output = parser.add_argument_group("output")
+    output.add_argument("--output_dir", type=Path, default=Path("outputs"), help="folder for the video")
+    output.add_argument(
+        "--output_name", default="video_with_audio.mp4", help="file name of the mp4 in --output_dir"
+    )
+    output.add_argument(
+        "--save_frames", action="store_true", help="also save every frame as PNG in OUTPUT_DIR/frames"
+    )
+    sampling = parser.add_argument_group("sampling")
+    sampling.add_argument(
+        "--width", type=int, default=512, help="multiple of 16; trained: 512x512, 480x832, 832x480"
+    )
+    sampling.add_argument("--height", type=int, default=512, help="multiple of 16")
+    sampling.add_argument("--sample_steps", type=int, default=50, help="denoising steps (30-50 recommended)")
+    sampling.add_argument("--sample_text_guide_scale", type=float, default=3.0, help="text guidance (3-6)")
+    sampling.add_argument(
+        "--sample_audio_guide_scale",
+        type=float,
+        default=5.0,
+        help="audio guidance (3-6); raise it for tighter lip sync",
+    )
+    sampling.add_argument("--clip_sample_n_frames", type=int, default=81, help="frames per window, 4k+1")
+    sampling.add_argument(
+        "--overlap_window_length",
+        type=int,
+        default=5,
+        help="latent frames shared by neighbouring windows (5-15: more is smoother and slower)",
+    )
+    sampling.add_argument(
+        "--overlapping_weight_scheme",
+        choices=WEIGHTING_SCHEMES,
+        default="uniform",
+        help="how overlapping windows are blended",
+    )
+    sampling.add_argument("--seed", type=int, default=None, help="random seed (printed when not given)")
+    sampling.add_argument(
+        "--fps", type=int, default=25, help="frame rate; the released models were trained at 25"
+    )
+    runtime = parser.add_argument_group("runtime")
+    runtime.add_argument(
+        "--device", default="auto", help="'auto' (CUDA when available), 'cuda', 'cuda:1' or 'cpu'"
+    )
+    runtime.add_argument(
+        "--dtype", default=None, help="compute dtype: bfloat16 (default on GPU) or float32 (default on CPU)"
+    )
+    runtime.add_argument(
+        "--GPU_memory_mode",
+        choices=list(MEMORY_MODES),
+        default="model_full_load",
+        help="; ".join(f"{k}: {v}" for k, v in MEMORY_MODES.items()),
+    )
+    published = parser.add_argument_group("published flags kept for compatibility")
+    published.add_argument("--config_path", help=f"the published model yaml; {NO_EFFECT}")
+    published.add_argument("--motion_frame", type=int, help=NO_EFFECT)
+    published.add_argument(
+        "--ulysses_degree", type=int, default=1, help="sequence parallelism; only 1 is supported so far"
+    )
+    published.add_argument(
+        "--ring_degree", type=int, default=1, help="ring attention parallelism; only 1 is supported so far"
+    )
+    return parser
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserFacingError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+def load_pipeline(args: argparse.Namespace, dtype: torch.dtype) -> StableAvatarPipeline:
+    if args.random_tiny_model:
+        from .pipeline.tiny import build_tiny_pipeline
+
+        print(
+            "NOTE: --random_tiny_model: a tiny model with RANDOM weights. The video shows noise, not a face;"
+        )
+        print("      it proves the program runs. See checkpoints/README.md for the real model.")
+        return build_tiny_pipeline()
+    if args.pretrained_model_name_or_path is not None:
+        checkpoints = args.pretrained_model_name_or_path.parent
+        layout = ReleasedLayout(
+            base_dir=args.pretrained_model_name_or_path,
+            transformer_path=args.transformer_path,
+            wav2vec_dir=args.pretrained_wav2vec_path or checkpoints / "wav2vec2-base-960h",
+        )
+        return load_released_pipeline(layout, dtype)
+    model_dir = args.model_dir or (DEMO_MODEL_DIR if DEMO_MODEL_DIR.is_dir() else None)
+    if model_dir is None:
+        raise UserFacingError(
+            "no model given: pass --model_dir (a converted folder), --pretrained_model_name_or_path with "
+            "--transformer_path (the downloaded files), or --random_tiny_model to try the program"
+        )
+    if not (model_dir / "model_index.json").is_file():
+        raise UserFacingError(
+            f"{model_dir} is not a converted model folder (no model_index.json); run python -m wan.convert"
+        )
+    return StableAvatarPipeline.from_pretrained(model_dir, torch_dtype=dtype)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.ulysses_degree != 1 or args.ring_degree != 1:
+        raise UserFacingError(
+            "sequence parallelism (--ulysses_degree/--ring_degree > 1) is not supported yet; use 1"
+        )
+    for path in (args.validation_reference_path, args.validation_driven_audio_path):
+        if not path.is_file():
+            raise UserFacingError(f"input file not found: {path}")
+    device = resolve_device(args.device)
+    dtype = (
+        parse_dtype(args.dtype)
+        if args.dtype
+        else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    )
+    pipeline = load_pipeline(args, dtype)
+    apply_memory_mode(pipeline, args.GPU_memory_mode, device, dtype)
+
+    started = time.monotonic()
+    output_path = args.output_dir / args.output_name
+    result = pipeline(
+        image=args.validation_reference_path,
+        audio=args.validation_driven_audio_path,
+        prompt=" ".join(args.validation_prompts),
+        negative_prompt=args.negative_prompt,
+        height=args.height,
+        width=args.width,
+        num_inference_steps=args.sample_steps,
+        text_guidance_scale=args.sample_text_guide_scale,
+        audio_guidance_scale=args.sample_audio_guide_scale,
+        clip_length=args.clip_sample_n_frames,
+        overlap=args.overlap_window_length,
+        weighting=args.overlapping_weight_scheme,
+        seed=args.seed,
+        fps=args.fps,
+        output_path=output_path,
+        frames_dir=args.output_dir / "frames" if args.save_frames else None,
+    )
+    print(
+        f"wrote {output_path}: {result.num_frames} frames ({result.num_frames / args.fps:.2f} s) at "
+        f"{args.width}x{args.height}, {result.num_windows} windows x {args.sample_steps} steps, "
+        f"seed {result.seed}, {time.monotonic() - started:.1f} s"
+    )
+    return 0

@@ -1,0 +1,34 @@
+"""Where the weights live during generation (the published `--GPU_memory_mode` choices)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import UserFacingError
+
+MEMORY_MODES = {
+    "model_full_load": "every component on the device (fastest; 1.3B at 480x832 needs about 18 GB)",
+    "model_cpu_offload": "each component moves to the device only while it runs (saves the encoders' memory)",
+    "sequential_cpu_offload": "layer by layer to the device and back (least memory, much slower)",
+    "model_cpu_offload_and_qfloat8": "the transformer stored in float8 (e4m3), computed in the compute dtype, "
+    "plus model offload (about half the transformer's memory; outputs differ slightly)",
+}
+
+
+def apply_memory_mode(pipeline, mode: str, device: torch.device, compute_dtype: torch.dtype) -> None:
+    """Place the pipeline's components for `mode` (see MEMORY_MODES)."""
+    if mode not in MEMORY_MODES:
+        raise UserFacingError(f"unknown GPU memory mode {mode!r}; choose one of {', '.join(MEMORY_MODES)}")
+    if mode == "model_cpu_offload_and_qfloat8":
+        # Norms, embeddings and the patch projection stay in full precision (diffusers' skip patterns).
+        pipeline.transformer.enable_layerwise_casting(
+            storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype
+        )
+    if mode == "model_full_load":
+        pipeline.to(device)
+    elif mode == "sequential_cpu_offload":
+        # diffusers' group offloading at leaf level: what accelerate's sequential offload does, but it also
+        # handles the text encoder's tied embedding (accelerate's hooks fail on it with transformers 5).
+        pipeline.enable_group_offload(onload_device=device, offload_type="leaf_level")
+    else:
+        pipeline.enable_model_cpu_offload(device=device)
