@@ -10,7 +10,9 @@ import torch
 
 from .cli import parse_dtype
 from .errors import UserFacingError
+from .loading.lora import load_lora
 from .loading.released import ReleasedLayout, load_released_pipeline
+from .loading.transformer import load_transformer_weights
 from .pipeline.conditioning import DEFAULT_NEGATIVE_PROMPT
 from .pipeline.memory import MEMORY_MODES, apply_memory_mode
 from .pipeline.pipeline import StableAvatarPipeline
@@ -40,9 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--transformer_path",
         type=Path,
-        help="StableAvatar weights, e.g. StableAvatar-1.3B/transformer3d-square.pt",
+        help="StableAvatar weights, e.g. StableAvatar-1.3B/transformer3d-square.pt, or a training checkpoint's "
+        "transformer3d-checkpoint-N.safetensors (also with --model_dir)",
     )
     model.add_argument("--pretrained_wav2vec_path", type=Path, help="the wav2vec2-base-960h folder")
+    model.add_argument("--lora_path", type=Path, help="a LoRA folder written by training (checkpoint-N/lora)")
     model.add_argument(
         "--random_tiny_model",
         action="store_true",
@@ -139,6 +143,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_pipeline(args: argparse.Namespace, dtype: torch.dtype) -> StableAvatarPipeline:
+    pipeline = _load_base_pipeline(args, dtype)
+    if args.transformer_path is not None and args.pretrained_model_name_or_path is None:
+        load_transformer_weights(pipeline.transformer, args.transformer_path)
+    if args.lora_path is not None:
+        load_lora(pipeline.transformer, args.lora_path)
+    return pipeline
+
+
+def _load_base_pipeline(args: argparse.Namespace, dtype: torch.dtype) -> StableAvatarPipeline:
     if args.random_tiny_model:
         from .pipeline.tiny import build_tiny_pipeline
 

@@ -97,6 +97,11 @@ def _strip_wrappers(key: str) -> str:
     return key
 
 
+def load_transformer_weights(model: StableAvatarTransformer3DModel, path: str | Path) -> None:
+    """Replace `model`'s weights with a file in either naming (a released `.pt` or a trainer checkpoint)."""
+    load_converted_state_dict(model, convert_reference_state_dict(load_state_dict_file(path)))
+
+
 def load_converted_state_dict(
     model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], allow_missing_audio: bool = False
 ) -> None:

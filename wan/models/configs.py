@@ -67,17 +67,18 @@ def config_from_reference(
     }
 
 
-# A few-hundred-kilobyte model of the same architecture, for tests, benchmarks and trying the program out.
+# A small model of the same architecture, for tests, benchmarks and trying the program out. Its width (96)
+# exceeds a latent patch's 64 values, so it can represent the identity and really learn.
 TINY: dict[str, Any] = {
     **STABLEAVATAR_1_3B,
     "num_attention_heads": 2,
-    "attention_head_dim": 24,
+    "attention_head_dim": 48,
     "text_dim": 32,
     "ffn_dim": 64,
     "num_layers": 2,
     "image_dim": 32,
-    "added_kv_proj_dim": 48,
+    "added_kv_proj_dim": 96,
     "audio_dim": 768,
-    "audio_proj_dims": (48,),
+    "audio_proj_dims": (96,),
     "audio_adapter_heads": 2,
 }

@@ -1,0 +1,67 @@
+"""LoRA files: what the trainer writes and inference reads.
+
+A LoRA folder holds `pytorch_lora_weights.safetensors` (peft LoRA weights of the DiT's linear layers, keys
+prefixed `transformer.`, the diffusers convention) and `audio_modules.safetensors` (the audio adapter and
+audio projections, which LoRA training updates fully).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+
+from ..errors import MissingFileError
+from ..models import StableAvatarTransformer3DModel
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+AUDIO_FILE = "audio_modules.safetensors"
+# Every linear layer of the DiT blocks except the audio projections (those train fully).
+LORA_TARGETS = (
+    r".*blocks\.\d+\.(attn1\.(to_q|to_k|to_v|to_out\.0)|attn2\.(to_q|to_k|to_v|to_out\.0|add_k_proj|add_v_proj)"
+    r"|ffn\.net\.(0\.proj|2))"
+)
+
+
+def is_audio_parameter(name: str) -> bool:
+    return name.startswith("audio_adapter.") or "_audio." in name
+
+
+def lora_config(rank: int, alpha: float) -> LoraConfig:
+    return LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True, target_modules=LORA_TARGETS)
+
+
+def save_lora(transformer: StableAvatarTransformer3DModel, folder: str | Path) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lora = get_peft_model_state_dict(transformer)
+    save_file(
+        {f"transformer.{k}": v.detach().contiguous().cpu() for k, v in lora.items()}, str(folder / LORA_FILE)
+    )
+    audio = {k: v.detach().contiguous().cpu() for k, v in transformer.state_dict().items()
+             if is_audio_parameter(k) and "lora_" not in k}  # fmt: skip
+    save_file(audio, str(folder / AUDIO_FILE))
+
+
+def load_lora(
+    transformer: StableAvatarTransformer3DModel, folder: str | Path, adapter_name: str = "stableavatar"
+) -> None:
+    """Attach a LoRA folder's adapter and its audio weights to `transformer`."""
+    folder = Path(folder)
+    for name in (LORA_FILE, AUDIO_FILE):
+        if not (folder / name).is_file():
+            raise MissingFileError(f"LoRA folder {folder} lacks {name}")
+    transformer.load_lora_adapter(
+        load_file(str(folder / LORA_FILE)), prefix="transformer", adapter_name=adapter_name
+    )
+    audio = load_file(str(folder / AUDIO_FILE))
+    missing = [
+        k for k in transformer.state_dict() if is_audio_parameter(k) and "lora_" not in k and k not in audio
+    ]
+    if missing:
+        raise MissingFileError(f"{folder / AUDIO_FILE} lacks {missing[0]}")
+    with torch.no_grad():
+        transformer.load_state_dict(audio, strict=False)

@@ -1,0 +1,117 @@
+"""Frozen encoders applied to a training batch.
+
+What the encoders produce is deterministic (`EncodedBatch`): the VAE posterior of the clip and of the
+conditioning video (reference frame + zeros), the text, CLIP and wav2vec2 features and the masks. It can be
+cached on disk once (`wan.training.precompute`) so training runs without loading the encoders. The
+per-step randomness (posterior samples, noise) is drawn from the step's generator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..loading.audio_encoder import encode_audio
+from ..loading.image_encoder import encode_reference_image
+from ..pipeline.conditioning import first_frame_mask
+from ..pipeline.pipeline import StableAvatarPipeline
+
+
+@dataclass
+class EncodedBatch:
+    """Tensors of a batch of B clips of T frames (F = (T-1)/4 + 1 latent frames).
+
+    latent_mean, latent_std: `[B, 16, F, h, w]` VAE posterior of the clip, mean normalised per channel.
+    condition_mean, condition_std: the same for (reference frame, zeros...).
+    text: `[B, L, text_dim]` (zero-padded); image: `[B, 257, image_dim]`; audio: `[B, Na, 768]`.
+    face_masks, lip_masks: `[B, 1, T, H, W]`.
+    """
+
+    latent_mean: torch.Tensor
+    latent_std: torch.Tensor
+    condition_mean: torch.Tensor
+    condition_std: torch.Tensor
+    text: torch.Tensor
+    image: torch.Tensor
+    audio: torch.Tensor
+    face_masks: torch.Tensor
+    lip_masks: torch.Tensor
+
+    @property
+    def num_video_frames(self) -> int:
+        return self.face_masks.shape[2]
+
+    def to(self, device: torch.device | str) -> EncodedBatch:
+        return EncodedBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    def save(self, path) -> None:
+        save_file({f.name: getattr(self, f.name).contiguous().cpu() for f in fields(self)}, str(path))
+
+    @classmethod
+    def load(cls, path) -> EncodedBatch:
+        return cls(**load_file(str(path)))
+
+    @classmethod
+    def stack(cls, items: list[EncodedBatch]) -> EncodedBatch:
+        def cat(name: str) -> torch.Tensor:
+            tensors = [getattr(item, name) for item in items]
+            if name == "text":  # prompts differ in length: zero-pad (the DiT pads to 512 with zeros anyway)
+                longest = max(t.shape[1] for t in tensors)
+                tensors = [torch.nn.functional.pad(t, (0, 0, 0, longest - t.shape[1])) for t in tensors]
+            return torch.cat(tensors)
+
+        return cls(**{f.name: cat(f.name) for f in fields(cls)})
+
+    def sample(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior samples: clip latents `[B, 16, F, h, w]` and the DiT's conditioning `[B, 20, F, h, w]`
+        (first-frame mask + sampled reference latents), as the published trainer draws them."""
+        latents = self.latent_mean + self.latent_std * _randn_like(self.latent_mean, generator)
+        reference = self.condition_mean + self.condition_std * _randn_like(self.condition_mean, generator)
+        batch, _, frames, h, w = reference.shape
+        mask = first_frame_mask(frames, h, w).to(reference).expand(batch, -1, -1, -1, -1)
+        return latents, torch.cat([mask, reference], dim=1)
+
+
+def _randn_like(tensor: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    # Drawn on the CPU so a run is reproducible on any device.
+    return torch.randn(tensor.shape, generator=generator, dtype=torch.float32).to(tensor)
+
+
+@torch.no_grad()
+def _posterior(pipe: StableAvatarPipeline, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    vae = pipe.vae
+    parameter = next(vae.parameters())
+    posterior = vae.encode(video.to(parameter.device, parameter.dtype)).latent_dist
+    shape = (1, -1, 1, 1, 1)
+    mean = torch.tensor(vae.config.latents_mean, device=parameter.device).view(shape)
+    std = torch.tensor(vae.config.latents_std, device=parameter.device).view(shape)
+    return ((posterior.mean.float() - mean) / std).cpu(), posterior.std.float().cpu()
+
+
+@torch.no_grad()
+def encode_batch(pipe: StableAvatarPipeline, batch: dict) -> EncodedBatch:
+    """Encode a collated dataset batch (`pixel_values` `[B, T, 3, H, W]`, `audio` `[B, S]`, `prompt` list)."""
+    video = batch["pixel_values"].permute(0, 2, 1, 3, 4)  # [B, 3, T, H, W]
+    latent_mean, latent_std = _posterior(pipe, video)
+    conditioning = torch.zeros_like(video)
+    conditioning[:, :, 0] = video[:, :, 0]
+    condition_mean, condition_std = _posterior(pipe, conditioning)
+    tokens = pipe.tokenizer(list(batch["prompt"]), padding="longest", truncation=True, max_length=512,
+                            add_special_tokens=True, return_tensors="pt")  # fmt: skip
+    text_parameter = next(pipe.text_encoder.parameters())
+    text = pipe.text_encoder(
+        tokens.input_ids.to(text_parameter.device),
+        attention_mask=tokens.attention_mask.to(text_parameter.device),
+    ).last_hidden_state
+    text = (text.float().cpu() * tokens.attention_mask[..., None]).float()  # padding positions become zeros
+    image = encode_reference_image(pipe.image_encoder, video[:, :, 0]).float().cpu()
+    audio = torch.cat(
+        [
+            encode_audio(pipe.audio_encoder, pipe.audio_feature_extractor, clip).float().cpu()
+            for clip in batch["audio"]
+        ]
+    )
+    return EncodedBatch(latent_mean, latent_std, condition_mean, condition_std, text, image, audio,
+                        batch["face_masks"].float(), batch["lip_masks"].float())  # fmt: skip
