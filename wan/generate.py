@@ -16,6 +16,7 @@ from .loading.transformer import load_transformer_weights
 from .pipeline.conditioning import DEFAULT_NEGATIVE_PROMPT
 from .pipeline.memory import MEMORY_MODES, apply_memory_mode
 from .pipeline.pipeline import StableAvatarPipeline
+from .pipeline.solvers import SOLVERS, build_scheduler, enable_step_cache
 from .pipeline.windows import WEIGHTING_SCHEMES
 
 DEMO_MODEL_DIR = Path("checkpoints/demo")
@@ -103,6 +104,21 @@ def build_parser() -> argparse.ArgumentParser:
         choices=WEIGHTING_SCHEMES,
         default="uniform",
         help="how overlapping windows are blended",
+    )
+    sampling.add_argument(
+        "--sample_solver",
+        choices=list(SOLVERS),
+        default="euler",
+        help="; ".join(f"{k}: {v}" for k, v in SOLVERS.items()),
+    )
+    sampling.add_argument("--sample_shift", type=float, default=5.0, help="flow-matching schedule shift")
+    sampling.add_argument(
+        "--guidance_interval",
+        type=float,
+        nargs=2,
+        default=[0.0, 1.0],
+        metavar=("START", "END"),
+        help="guide only on this fraction of the steps (one forward instead of three elsewhere)",
     )
     sampling.add_argument("--seed", type=int, default=None, help="random seed (printed when not given)")
     sampling.add_argument(
@@ -197,6 +213,13 @@ def main(argv: list[str] | None = None) -> int:
         else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     )
     pipeline = load_pipeline(args, dtype)
+    pipeline.scheduler = build_scheduler(args.sample_solver, args.sample_shift)
+    if args.attention_backend:
+        pipeline.transformer.set_attention_backend(args.attention_backend)
+    if args.enable_teacache:
+        enable_step_cache(pipeline.transformer, args.teacache_threshold)
+    if args.compile:
+        pipeline.transformer.compile_repeated_blocks(fullgraph=False)
     apply_memory_mode(pipeline, args.GPU_memory_mode, device, dtype)
 
     started = time.monotonic()
@@ -211,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         num_inference_steps=args.sample_steps,
         text_guidance_scale=args.sample_text_guide_scale,
         audio_guidance_scale=args.sample_audio_guide_scale,
+        guidance_interval=tuple(args.guidance_interval),
         clip_length=args.clip_sample_n_frames,
         overlap=args.overlap_window_length,
         weighting=args.overlapping_weight_scheme,

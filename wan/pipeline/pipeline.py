@@ -105,6 +105,7 @@ class StableAvatarPipeline(DiffusionPipeline):
         num_inference_steps: int = 50,
         text_guidance_scale: float = 3.0,
         audio_guidance_scale: float = 5.0,
+        guidance_interval: tuple[float, float] = (0.0, 1.0),
         clip_length: int = 81,
         overlap: int = 5,
         weighting: str = "uniform",
@@ -127,6 +128,8 @@ class StableAvatarPipeline(DiffusionPipeline):
             height, width: output size, multiples of 16 (trained: 512x512, 480x832, 832x480).
             num_inference_steps: flow-matching Euler steps.
             text_guidance_scale, audio_guidance_scale: guidance strengths.
+            guidance_interval: fraction of the steps [start, end) that run guidance (3 forwards); the rest
+                run one forward. (0, 1), every step, is the published behaviour.
             clip_length: video frames per window, 4k+1 (81 as trained).
             overlap: latent frames shared by neighbouring windows.
             weighting: 'uniform' or 'log' blending across overlaps.
@@ -169,7 +172,9 @@ class StableAvatarPipeline(DiffusionPipeline):
             window_length=window_length,
             overlap=overlap,
             weighting=weighting,
-            guidance=GuidanceScales(text=text_guidance_scale, audio=audio_guidance_scale),
+            guidance=GuidanceScales(
+                text=text_guidance_scale, audio=audio_guidance_scale, interval=tuple(guidance_interval)
+            ),
             device=device,
         )
         latents = sampler(

@@ -6,6 +6,7 @@ latent state of the whole video stays in host memory; only the active window is 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,15 +40,24 @@ class SamplingConditions:
 
 @dataclass
 class GuidanceScales:
-    """e = e_uncond + audio * (e_audio - e_uncond) + text * (e_full - e_audio)."""
+    """e = e_uncond + audio * (e_audio - e_uncond) + text * (e_full - e_audio).
+
+    `interval`: the fraction of the steps, [start, end), on which guidance runs; the other steps run one
+    forward (prompt and audio) instead of three. (0, 1) guides every step, as published.
+    """
 
     text: float = 3.0
     audio: float = 5.0
+    interval: tuple[float, float] = (0.0, 1.0)
 
     @property
     def needed(self) -> bool:
         """With both scales 1 the formula reduces to e_full: one forward instead of three."""
         return not (self.text == 1.0 and self.audio == 1.0)
+
+    def active(self, step_index: int, num_steps: int) -> bool:
+        start, end = self.interval
+        return self.needed and start <= step_index / num_steps < end
 
 
 class SlidingWindowSampler:
@@ -121,9 +131,21 @@ class SlidingWindowSampler:
                 if window not in audio_cache:
                     audio_cache[window] = window_audio(window).to("cpu", torch.float32)
                 latents = state[:, :, window.start : window.end].to(self.device)
-                prediction = self._predict(
-                    latents, timestep, conditions, text, image, audio_cache[window], window, dtype
-                )
+                guided = self.guidance.active(step_index, len(timesteps))
+                batch_text, batch_image = (text, image) if guided else (text[-1:], image[-1:])
+                # Each window keeps its own step-cache state: windows never reuse each other's results.
+                with self._cache_context(f"window-{window_index}"):
+                    prediction = self._predict(
+                        latents,
+                        timestep,
+                        conditions,
+                        batch_text,
+                        batch_image,
+                        audio_cache[window],
+                        window,
+                        dtype,
+                        guided,
+                    )
                 latents = window_schedulers[window_index].step(
                     prediction, timestep, latents, return_dict=False
                 )[0]
@@ -141,6 +163,10 @@ class SlidingWindowSampler:
             state = fused
         bar.close()
         return state
+
+    def _cache_context(self, name: str):
+        context = getattr(self.transformer, "cache_context", None)
+        return context(name) if context is not None else contextlib.nullcontext()
 
     def _batched_text_and_image(self, conditions: SamplingConditions) -> tuple[torch.Tensor, torch.Tensor]:
         """Text `[3, L, text_dim]` as [negative, negative, prompt] (zero-padded) and image tokens `[3, 257, C]`,
@@ -165,9 +191,10 @@ class SlidingWindowSampler:
         audio: torch.Tensor,
         window: Window,
         dtype: torch.dtype,
+        guided: bool,
     ) -> torch.Tensor:
-        """The guided flow prediction `[1, 16, F, h, w]` (float32) for one window."""
-        batch = 3 if self.guidance.needed else 1
+        """The (guided) flow prediction `[1, 16, F, h, w]` (float32) for one window."""
+        batch = 3 if guided else 1
         condition = conditions.condition[:, :, : window.length].to(self.device)
         model_input = torch.cat([latents, condition], dim=1).expand(batch, -1, -1, -1, -1).to(dtype)
         audio = audio.to(self.device, dtype)
