@@ -132,6 +132,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype", default=None, help="compute dtype: bfloat16 (default on GPU) or float32 (default on CPU)"
     )
     runtime.add_argument(
+        "--attention_backend", help="diffusers attention backend: native (default), flash, sage, ..."
+    )
+    runtime.add_argument("--compile", action="store_true", help="torch.compile the repeated DiT blocks (GPU)")
+    runtime.add_argument(
+        "--enable_teacache",
+        action="store_true",
+        help="skip DiT blocks on steps where the first block's output barely changes (state kept per window)",
+    )
+    runtime.add_argument(
+        "--teacache_threshold",
+        type=float,
+        default=0.10,
+        help="relative change below which a step reuses the window's cached residual",
+    )
+    runtime.add_argument(
         "--GPU_memory_mode",
         choices=list(MEMORY_MODES),
         default="model_full_load",
