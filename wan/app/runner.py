@@ -1,0 +1,224 @@
+"""Runs generations for the app: one at a time, with the loaded model kept between runs, progress from
+the pipeline's own steps x windows, and cancellation at the next window step."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..cli import parse_dtype
+from ..errors import UserFacingError
+from ..generate import resolve_device
+from ..media import load_image
+from ..pipeline.conditioning import DEFAULT_NEGATIVE_PROMPT
+from ..pipeline.memory import MEMORY_MODES, apply_memory_mode
+from ..pipeline.pipeline import StableAvatarPipeline
+from ..pipeline.windows import WEIGHTING_SCHEMES
+from .logic import (
+    ModelChoice,
+    Settings,
+    discover_models,
+    progress_fraction,
+    resolve_model,
+    separation_model,
+    summary_markdown,
+)
+
+FPS = 25  # the released models were trained at 25 fps
+logger = logging.getLogger(__name__)
+Progress = Callable[[int, int, str], None]  # (done, total, description)
+
+
+class Cancelled(Exception):
+    """The person pressed Cancel; nothing was written."""
+
+
+@dataclass
+class RunResult:
+    video_path: Path
+    seed: int
+    summary: str
+
+
+def load_model(choice: ModelChoice, dtype: torch.dtype) -> StableAvatarPipeline:
+    """The demo/converted folder of `choice`, or the tiny random pipeline."""
+    if choice.path is None:
+        from ..pipeline.tiny import build_tiny_pipeline
+
+        logger.warning("using the tiny model with RANDOM weights: videos show noise, not a face")
+        return build_tiny_pipeline()
+    return StableAvatarPipeline.from_pretrained(choice.path, torch_dtype=dtype)
+
+
+def separate_vocals(audio: Path, model_path: Path, work_dir: Path) -> Path:
+    """The vocals of `audio` as a wav in `work_dir`, by the MDX-Net model `model_path` (Kim_Vocal_2.onnx).
+    The page offers this only when that file and wan/preprocess/separation.py both exist."""
+    from ..preprocess.separation import MdxSeparator, separate_file
+
+    result = separate_file(
+        MdxSeparator(model_path), audio, work_dir / f"{audio.stem}-vocals.wav", progress=False
+    )
+    return result.vocal_path
+
+
+class Runner:
+    """Holds the model menu, the loaded pipeline and the one-at-a-time lock of an app."""
+
+    def __init__(
+        self,
+        checkpoints_dir: str | Path = "checkpoints",
+        output_dir: str | Path = "outputs/app",
+        device: str = "auto",
+        dtype: str | None = None,
+        loader: Callable[[ModelChoice, torch.dtype], StableAvatarPipeline] = load_model,
+    ) -> None:
+        self.output_dir = Path(output_dir).resolve()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.device = resolve_device(device)
+        self.dtype = (
+            parse_dtype(dtype) if dtype else (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        )
+        self.models = discover_models(checkpoints_dir)
+        self.separation_model = separation_model(checkpoints_dir)
+        self._loader = loader
+        self._loaded: tuple[tuple[str, str], StableAvatarPipeline] | None = None
+        self._run_lock = threading.Lock()  # one generation at a time, even after Gradio drops a cancelled job
+        self._events_lock = threading.Lock()
+        self._cancel_events: dict[str, threading.Event] = {}
+
+    def cancel(self, session: str) -> bool:
+        """Stop the generation of `session` at its next window step; False when it has none."""
+        with self._events_lock:
+            event = self._cancel_events.get(session)
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    def generate(
+        self,
+        image: str | Path | None,
+        audio: Path,
+        settings: Settings,
+        session: str = "",
+        progress: Progress | None = None,
+    ) -> RunResult:
+        """Check the inputs, then (after any running generation) load the model and write the mp4."""
+        report = progress or (lambda done, total, text: None)
+        choice = self._check(image, audio, settings)
+        event = threading.Event()
+        with self._events_lock:
+            self._cancel_events[session] = event
+        try:
+            if self._run_lock.locked():
+                report(0, 1, "waiting for the running generation to finish")
+            with self._run_lock:
+                return self._generate(choice, Path(image), audio, settings, event, report)
+        finally:
+            with self._events_lock:
+                if self._cancel_events.get(session) is event:
+                    del self._cancel_events[session]
+
+    def _check(self, image: str | Path | None, audio: Path, settings: Settings) -> ModelChoice:
+        """Everything that can be checked before waiting for the model: a readable error now."""
+        choice = resolve_model(settings.model, self.models)
+        if settings.memory_mode not in MEMORY_MODES:
+            raise UserFacingError(
+                f"unknown memory mode {settings.memory_mode!r}; choose one of {', '.join(MEMORY_MODES)}"
+            )
+        if settings.weighting not in WEIGHTING_SCHEMES:
+            raise UserFacingError(
+                f"unknown weighting {settings.weighting!r}; choose one of {', '.join(WEIGHTING_SCHEMES)}"
+            )
+        if settings.separate_vocals and self.separation_model is None:
+            raise UserFacingError(
+                "vocal separation needs checkpoints/Kim_Vocal_2.onnx and its code; untick it"
+            )
+        StableAvatarPipeline._check_settings(
+            settings.height, settings.width, settings.clip_length, settings.overlap, FPS, "mp4", "-"
+        )
+        if not image:
+            raise UserFacingError("upload a reference image of the person")
+        load_image(image)  # a broken image fails here, before any waiting
+        if not audio.is_file():
+            raise UserFacingError("the audio upload is missing; upload it again")
+        return choice
+
+    def _pipeline(self, choice: ModelChoice, memory_mode: str) -> StableAvatarPipeline:
+        key = (choice.key, memory_mode)
+        if self._loaded is not None and self._loaded[0] == key:
+            return self._loaded[1]
+        self._loaded = None  # free the previous model before loading the next
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        pipeline = self._loader(choice, self.dtype)
+        apply_memory_mode(pipeline, memory_mode, self.device, self.dtype)
+        self._loaded = (key, pipeline)
+        return pipeline
+
+    def _generate(
+        self,
+        choice: ModelChoice,
+        image: Path,
+        audio: Path,
+        settings: Settings,
+        event: threading.Event,
+        report: Progress,
+    ) -> RunResult:
+        if event.is_set():
+            raise Cancelled
+        report(0, 1, f"loading {choice.label}")
+        pipeline = self._pipeline(choice, settings.memory_mode)
+
+        def callback(step: int, window: int, steps: int, windows: int) -> None:
+            if event.is_set():
+                raise Cancelled
+            report(*progress_fraction(step, window, steps, windows))
+
+        name = f"{time.strftime('%Y%m%d-%H%M%S')}-seed{settings.seed}-{uuid.uuid4().hex[:6]}.mp4"
+        with tempfile.TemporaryDirectory(dir=self.output_dir, prefix=".work-") as work:
+            if settings.separate_vocals:
+                report(0, 1, "separating the vocals")
+                audio = separate_vocals(audio, self.separation_model, Path(work))
+            if event.is_set():
+                raise Cancelled
+            report(0, 1, "encoding the image, prompt and audio")
+            result = pipeline(
+                image=image,
+                audio=audio,
+                prompt=settings.prompt,
+                negative_prompt=settings.negative_prompt,
+                height=settings.height,
+                width=settings.width,
+                num_inference_steps=settings.steps,
+                text_guidance_scale=settings.text_guidance,
+                audio_guidance_scale=settings.audio_guidance,
+                clip_length=settings.clip_length,
+                overlap=settings.overlap,
+                weighting=settings.weighting,
+                seed=settings.seed,
+                fps=FPS,
+                output_path=self.output_dir / name,
+                callback=callback,
+                progress=False,
+            )
+        summary = summary_markdown(
+            settings,
+            choice.label,
+            result.num_frames,
+            result.num_windows,
+            result.seconds,
+            FPS,
+            default_negative_prompt=DEFAULT_NEGATIVE_PROMPT,
+        )
+        return RunResult(result.video_path, result.seed, summary)
