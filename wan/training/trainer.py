@@ -143,7 +143,8 @@ class Trainer:
         report_to = config.report_to if config.report_to != "none" and _tensorboard_available() else None
         self.accelerator = Accelerator(
             # DeepSpeed brings its own CPU accelerator; forcing accelerate's CPU mode would silently drop it.
-            cpu=not torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true",
+            cpu=not torch.cuda.is_available()
+            and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true",
             mixed_precision=config.mixed_precision,
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             log_with=report_to,
