@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from tests.training_helpers import (
     DETERMINISTIC_OBJECTIVE,
@@ -15,6 +19,7 @@ from tests.training_helpers import (
     write_tiny_model,
 )
 from wan.cli import run_cli
+from wan.errors import UserFacingError
 from wan.generate import main as generate_main
 from wan.loading.lora import load_lora
 from wan.media import read_video_info
@@ -135,3 +140,41 @@ def test_lora_trains_only_lora_and_audio_and_loads_for_inference(clip_list, mode
             torch.float32,
         )
     assert abs(ours.item() - loaded.item()) <= 1e-5 * abs(ours.item())
+
+
+def test_ema_weights_go_into_the_checkpoint_and_validation_writes_a_video(
+    clip_list, model_dir, tmp_path
+) -> None:
+    config = tiny_config(tmp_path / "run", clip_list, pipeline_dir=model_dir, max_train_steps=2, checkpointing_steps=2,
+                         use_ema=True, ema_decay=0.5, validation_steps=2, validation_inference_steps=1,
+                         validation_image=Path("examples/case-1/reference.png"), validation_audio=Path("examples/case-1/audio.wav"))  # fmt: skip
+    trainer = Trainer(config)
+    trainer.train()
+    saved = load_file(str(tmp_path / "run" / "checkpoint-2" / "transformer3d-checkpoint-2.safetensors"))
+    live = trainer.accelerator.unwrap_model(trainer.transformer).state_dict()
+    name = "blocks.0.attn1.to_q.weight"
+    trained_names = [
+        n
+        for n, p in trainer.accelerator.unwrap_model(trainer.transformer).named_parameters()
+        if p.requires_grad
+    ]
+    ema = trainer.ema.shadow_params[trained_names.index(name)]
+    assert torch.allclose(saved[name], ema) and not torch.allclose(saved[name], live[name])
+    video = read_video_info(tmp_path / "run" / "validation" / "step-2.mp4")
+    assert video["frames"] == 173 and video["has_audio"]
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "package"), [("adamw8bit", "bitsandbytes"), ("cpu_offload_adamw", "torchao")]
+)
+def test_optional_optimizers_explain_what_they_need(
+    clip_list, model_dir, tmp_path, optimizer, package
+) -> None:
+    if importlib.util.find_spec(package) is not None:
+        pytest.skip(f"{package} is installed")
+    with pytest.raises(UserFacingError, match=package):
+        Trainer(
+            tiny_config(
+                tmp_path / "run", clip_list, pipeline_dir=model_dir, max_train_steps=1, optimizer=optimizer
+            )
+        )
