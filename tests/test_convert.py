@@ -10,6 +10,7 @@ from tests.released_layout import write_released_layout
 from wan.cli import run_cli
 from wan.convert import main as convert_main
 from wan.loading.released import VAE_FILE, load_released_pipeline
+from wan.loading.transformer import load_stableavatar_transformer
 from wan.pipeline import StableAvatarPipeline
 
 
@@ -41,6 +42,15 @@ def test_convert_writes_a_folder_that_generates_like_the_released_files(released
     )
     reference, ours = _latents(direct), _latents(converted)
     assert (ours - reference).norm() / reference.norm() < 1e-5
+
+
+def test_bfloat16_loading_keeps_the_fp32_sensitive_modules(released) -> None:
+    model = load_stableavatar_transformer(released.base_dir, released.transformer_path, torch.bfloat16)
+    assert model.proj_out.weight.dtype == torch.bfloat16
+    assert model.blocks[0].attn2.to_k_audio.weight.dtype == torch.bfloat16
+    assert model.scale_shift_table.dtype == model.blocks[0].scale_shift_table.dtype == torch.float32
+    assert model.condition_embedder.time_embedder.linear_1.weight.dtype == torch.float32
+    assert model.blocks[0].norm2.weight.dtype == torch.float32
 
 
 def test_missing_files_are_named_and_nothing_is_written(released, tmp_path, capsys) -> None:

@@ -206,13 +206,8 @@ def _widths_from_weights(state_dict: Mapping[str, torch.Tensor]) -> dict:
 
 
 def _cast(model: StableAvatarTransformer3DModel, dtype: torch.dtype) -> StableAvatarTransformer3DModel:
-    """Cast to `dtype`, keeping the modules diffusers keeps in fp32."""
-    model = model.to(dtype)
-    if dtype != torch.float32:
-        for name, module in model.named_modules():
-            if any(part in name.split(".") for part in model._keep_in_fp32_modules):
-                module.float()
-        for name, param in model.named_parameters():
-            if name.split(".")[-1] in model._keep_in_fp32_modules:
-                param.data = param.data.float()
+    """Cast to `dtype`, keeping in float32 what diffusers' `from_pretrained` keeps there."""
+    keep = set(model._keep_in_fp32_modules)
+    for name, parameter in model.named_parameters():
+        parameter.data = parameter.data.to(torch.float32 if keep & set(name.split(".")) else dtype)
     return model.eval()
