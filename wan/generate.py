@@ -155,11 +155,23 @@ def build_parser() -> argparse.ArgumentParser:
     published = parser.add_argument_group("published flags kept for compatibility")
     published.add_argument("--config_path", help=f"the published model yaml; {NO_EFFECT}")
     published.add_argument("--motion_frame", type=int, help=NO_EFFECT)
-    published.add_argument(
-        "--ulysses_degree", type=int, default=1, help="sequence parallelism; only 1 is supported so far"
+    runtime.add_argument(
+        "--sequence_parallel",
+        action="store_true",
+        help="share each transformer forward between the processes of torchrun --nproc_per_node N "
+        "(one GPU each; gloo on CPU), split by latent frames; rank 0 writes the video",
     )
     published.add_argument(
-        "--ring_degree", type=int, default=1, help="ring attention parallelism; only 1 is supported so far"
+        "--ulysses_degree",
+        type=int,
+        default=1,
+        help="published Ulysses degree; only 1 (use --sequence_parallel under torchrun)",
+    )
+    published.add_argument(
+        "--ring_degree",
+        type=int,
+        default=1,
+        help="published ring degree; only 1 (use --sequence_parallel under torchrun)",
     )
     return parser
 
@@ -171,6 +183,23 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserFacingError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
     return device
+
+
+def init_sequence_parallel(device: torch.device) -> tuple[torch.device, bool]:
+    """Join the torchrun process group; returns this process's device and whether it writes the output."""
+    import os
+
+    import torch.distributed as dist
+
+    if "RANK" not in os.environ:
+        raise UserFacingError(
+            "--sequence_parallel needs torchrun: torchrun --nproc_per_node N inference.py ..."
+        )
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, dist.get_rank() == 0
 
 
 def load_pipeline(args: argparse.Namespace, dtype: torch.dtype) -> StableAvatarPipeline:
@@ -216,12 +245,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.ulysses_degree != 1 or args.ring_degree != 1:
         raise UserFacingError(
-            "sequence parallelism (--ulysses_degree/--ring_degree > 1) is not supported yet; use 1"
+            "--ulysses_degree/--ring_degree > 1 are not implemented; launch with torchrun --nproc_per_node N "
+            "inference.py --sequence_parallel instead"
         )
     for path in (args.validation_reference_path, args.validation_driven_audio_path):
         if not path.is_file():
             raise UserFacingError(f"input file not found: {path}")
     device = resolve_device(args.device)
+    is_main = True
+    if args.sequence_parallel:
+        device, is_main = init_sequence_parallel(device)
     dtype = (
         parse_dtype(args.dtype)
         if args.dtype
@@ -236,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.compile:
         pipeline.transformer.compile_repeated_blocks(fullgraph=False)
     apply_memory_mode(pipeline, args.GPU_memory_mode, device, dtype)
+    if args.sequence_parallel:
+        pipeline.transformer.enable_sequence_parallel()
 
     started = time.monotonic()
     output_path = args.output_dir / args.output_name
@@ -255,9 +290,13 @@ def main(argv: list[str] | None = None) -> int:
         weighting=args.overlapping_weight_scheme,
         seed=args.seed,
         fps=args.fps,
-        output_path=output_path,
-        frames_dir=args.output_dir / "frames" if args.save_frames else None,
+        output_path=output_path if is_main else None,
+        output_type="mp4" if is_main else "latent",
+        frames_dir=args.output_dir / "frames" if args.save_frames and is_main else None,
+        progress=is_main,
     )
+    if not is_main:
+        return 0
     print(
         f"wrote {output_path}: {result.num_frames} frames ({result.num_frames / args.fps:.2f} s) at "
         f"{args.width}x{args.height}, {result.num_windows} windows x {args.sample_steps} steps, "

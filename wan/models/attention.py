@@ -70,7 +70,7 @@ class StableAvatarCrossAttnProcessor:
             value_img = _heads(attn.add_v_proj(image_states), heads)
             out = out + self._attend(query, key_img, value_img)
 
-        if audio_hidden_states is not None:
+        if audio_hidden_states is not None and seq_len > 0:  # a sequence-parallel share may hold no frames
             key_audio = _heads(attn.to_k_audio(audio_hidden_states), heads)
             value_audio = _heads(attn.to_v_audio(audio_hidden_states), heads)
             if audio_hidden_states.ndim == 4:

@@ -26,6 +26,7 @@ from torch import nn
 from .attention import TEXT_SEQ_LEN, StableAvatarCrossAttention
 from .audio_adapter import StableAvatarAudioAdapter
 from .audio_alignment import DEFAULT_WINDOW_PADDING, split_audio_tokens_per_frame
+from .sequence_parallel import SequenceParallel, SequenceParallelSelfAttnProcessor
 
 
 @maybe_allow_in_graph
@@ -172,6 +173,14 @@ class StableAvatarTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, 
         self.proj_out = nn.Linear(inner_dim, out_channels * math.prod(patch_size))
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, inner_dim) / inner_dim**0.5)
         self.gradient_checkpointing = False
+        self.sequence_parallel: SequenceParallel | None = None
+
+    def enable_sequence_parallel(self, group: torch.distributed.ProcessGroup | None = None) -> None:
+        """Share every forward between the processes of `group` (default: all); see sequence_parallel.py.
+        Every process must call the model with the same inputs; each gets the whole output."""
+        self.sequence_parallel = SequenceParallel(group)
+        for block in self.blocks:
+            block.attn1.set_processor(SequenceParallelSelfAttnProcessor(self.sequence_parallel))
 
     def rebuild_buffers(self) -> None:
         """Recompute the (non-persistent) RoPE tables, e.g. after building the model on the meta device."""
@@ -283,6 +292,17 @@ class StableAvatarTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, 
                 f"but the latents have {grid[0]}"
             )
 
+        parallel = self.sequence_parallel
+        if parallel is not None:
+            tokens_per_frame = grid[1] * grid[2]
+            ranges = parallel.frame_ranges(grid[0])
+            parallel.token_counts = [(end - start) * tokens_per_frame for start, end in ranges]
+            first, last = ranges[parallel.rank]
+            hidden_states = hidden_states[:, first * tokens_per_frame : last * tokens_per_frame]
+            rotary_emb = tuple(r[:, first * tokens_per_frame : last * tokens_per_frame] for r in rotary_emb)
+            if not clip_level_audio:
+                audio_context = audio_context[:, first:last]
+
         for block in self.blocks:
             args = (hidden_states, encoder_hidden_states, timestep_proj, rotary_emb, audio_context)
             if torch.is_grad_enabled() and self.gradient_checkpointing:
@@ -290,6 +310,8 @@ class StableAvatarTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, 
             else:
                 hidden_states = block(*args)
 
+        if parallel is not None:
+            hidden_states = parallel.gather(hidden_states)
         shift, scale = (self.scale_shift_table + temb.float().unsqueeze(1)).chunk(2, dim=1)
         hidden_states = (self.norm_out(hidden_states.float()) * (1 + scale) + shift).type_as(hidden_states)
         hidden_states = self.proj_out(hidden_states)
