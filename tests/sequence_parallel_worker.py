@@ -11,6 +11,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from wan.models.fsdp import local_parameter_count, shard_transformer  # noqa: E402
 from wan.pipeline.sampler import SamplingConditions, SlidingWindowSampler  # noqa: E402
 from wan.pipeline.solvers import build_scheduler  # noqa: E402
 from wan.pipeline.tiny import build_tiny_pipeline  # noqa: E402
@@ -58,12 +59,17 @@ def main() -> None:
         transformer.blocks[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[1]))
         errors = {f"{b}x{f}": relative(transformer(**inputs(b, f)).sample, single[(b, f)]) for b, f in cases}
         errors["sampler"] = relative(sample(), video_single)
+        total = local_parameter_count(transformer)
+        shard_transformer(transformer, "cpu")
+        errors["sharded"] = relative(transformer(**inputs(*cases[0])).sample, single[cases[0]])
+        share = local_parameter_count(transformer) / total
     # Tokens block 0 processed here for the three transformer cases (4x6 latents: 6 tokens per frame).
     record = {
         "rank": dist.get_rank(),
         "world": dist.get_world_size(),
         "errors": errors,
         "local_tokens": seen[:3],
+        "parameter_share": share,
     }
     (output / f"rank{dist.get_rank()}.json").write_text(json.dumps(record))
     dist.destroy_process_group()

@@ -23,10 +23,11 @@ def test_two_processes_compute_what_one_does(tmp_path) -> None:
     assert [r["local_tokens"] for r in ranks] == [[12, 18, 6], [6, 18, 0]]
     for rank in ranks:
         assert all(error <= 1e-5 for error in rank["errors"].values()), rank["errors"]
+        assert 0.45 < rank["parameter_share"] < 0.55  # FSDP: each process keeps about half the weights
 
 
 def test_inference_cli_under_torchrun_writes_one_video(tmp_path) -> None:
-    command = [*TORCHRUN, "inference.py", "--sequence_parallel", "--random_tiny_model",
+    command = [*TORCHRUN, "inference.py", "--sequence_parallel", "--fsdp_dit", "--random_tiny_model",
                "--validation_reference_path", "examples/case-1/reference.png",
                "--validation_driven_audio_path", "examples/case-1/audio.wav", "--width", "32", "--height", "32",
                "--sample_steps", "1", "--clip_sample_n_frames", "21", "--overlap_window_length", "2",

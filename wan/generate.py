@@ -13,6 +13,7 @@ from .errors import UserFacingError
 from .loading.lora import load_lora
 from .loading.released import ReleasedLayout, load_released_pipeline
 from .loading.transformer import load_transformer_weights
+from .models.fsdp import shard_transformer
 from .pipeline.conditioning import DEFAULT_NEGATIVE_PROMPT
 from .pipeline.memory import MEMORY_MODES, apply_memory_mode
 from .pipeline.pipeline import StableAvatarPipeline
@@ -161,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="share each transformer forward between the processes of torchrun --nproc_per_node N "
         "(one GPU each; gloo on CPU), split by latent frames; rank 0 writes the video",
     )
+    runtime.add_argument(
+        "--fsdp_dit",
+        action="store_true",
+        help="shard the transformer's weights across the torchrun processes (each keeps 1/N); "
+        "combine with --sequence_parallel to split the work as well",
+    )
     published.add_argument(
         "--ulysses_degree",
         type=int,
@@ -185,7 +192,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def init_sequence_parallel(device: torch.device) -> tuple[torch.device, bool]:
+def init_distributed(device: torch.device) -> tuple[torch.device, bool]:
     """Join the torchrun process group; returns this process's device and whether it writes the output."""
     import os
 
@@ -253,8 +260,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserFacingError(f"input file not found: {path}")
     device = resolve_device(args.device)
     is_main = True
-    if args.sequence_parallel:
-        device, is_main = init_sequence_parallel(device)
+    if args.sequence_parallel or args.fsdp_dit:
+        device, is_main = init_distributed(device)
     dtype = (
         parse_dtype(args.dtype)
         if args.dtype
@@ -271,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     apply_memory_mode(pipeline, args.GPU_memory_mode, device, dtype)
     if args.sequence_parallel:
         pipeline.transformer.enable_sequence_parallel()
+    if args.fsdp_dit:
+        shard_transformer(pipeline.transformer, device.type)
 
     started = time.monotonic()
     output_path = args.output_dir / args.output_name
