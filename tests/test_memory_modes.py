@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from wan.errors import UserFacingError
-from wan.pipeline.memory import MEMORY_MODES, apply_memory_mode
+from wan.pipeline.memory import MEMORY_MODES, apply_memory_mode, quantize_transformer
 from wan.pipeline.tiny import build_tiny_pipeline
 
 
@@ -60,3 +60,23 @@ def test_unknown_mode_is_a_clear_error() -> None:
     with pytest.raises(UserFacingError, match="model_full_load"):
         apply_memory_mode(build_tiny_pipeline(), "all_on_gpu", torch.device("cpu"), torch.float32)
     assert set(MEMORY_MODES) >= {"model_full_load", "model_cpu_offload", "sequential_cpu_offload"}
+
+
+def test_int8_quantization_computes_with_the_dequantized_weights(baseline) -> None:
+    pytest.importorskip("torchao")
+    quantized = build_tiny_pipeline(seed=0)
+    quantize_transformer(quantized.transformer, "int8_weight_only")
+    simulated = build_tiny_pipeline(seed=0)
+    pairs = zip(quantized.transformer.named_modules(), simulated.transformer.modules(), strict=True)
+    linears = [(name, module, twin) for (name, module), twin in pairs if isinstance(module, torch.nn.Linear)]
+    rounded = [name for name, module, _ in linears if type(module.weight) is not torch.nn.Parameter]
+    assert rounded == [name for name, _, _ in linears if name.startswith("blocks.")]  # DiT blocks only
+    with torch.no_grad():
+        for _, module, twin in linears:
+            if type(module.weight) is not torch.nn.Parameter:  # a torchao int8 tensor
+                twin.weight.copy_(module.weight.dequantize())
+    ours = _generate(quantized)
+    assert (ours - _generate(simulated)).norm() / ours.norm() < 1e-5
+    assert (ours - baseline).norm() / baseline.norm() > 1e-4
+    with pytest.raises(UserFacingError, match="int8_weight_only"):
+        quantize_transformer(simulated.transformer, "int4")

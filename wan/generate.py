@@ -15,7 +15,7 @@ from .loading.released import ReleasedLayout, load_released_pipeline
 from .loading.transformer import load_transformer_weights
 from .models.fsdp import shard_transformer
 from .pipeline.conditioning import DEFAULT_NEGATIVE_PROMPT
-from .pipeline.memory import MEMORY_MODES, apply_memory_mode
+from .pipeline.memory import MEMORY_MODES, QUANTIZATIONS, apply_memory_mode, quantize_transformer
 from .pipeline.pipeline import StableAvatarPipeline
 from .pipeline.solvers import SOLVERS, build_scheduler, enable_step_cache
 from .pipeline.windows import WEIGHTING_SCHEMES
@@ -148,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="relative change below which a step reuses the window's cached residual",
     )
     runtime.add_argument(
+        "--quantize",
+        choices=list(QUANTIZATIONS),
+        help="; ".join(f"{k}: {v}" for k, v in QUANTIZATIONS.items()),
+    )
+    runtime.add_argument(
         "--GPU_memory_mode",
         choices=list(MEMORY_MODES),
         default="model_full_load",
@@ -273,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         pipeline.transformer.set_attention_backend(args.attention_backend)
     if args.enable_teacache:
         enable_step_cache(pipeline.transformer, args.teacache_threshold)
+    if args.quantize:
+        quantize_transformer(pipeline.transformer, args.quantize)
     if args.compile:
         pipeline.transformer.compile_repeated_blocks(fullgraph=False)
     apply_memory_mode(pipeline, args.GPU_memory_mode, device, dtype)

@@ -32,3 +32,25 @@ def apply_memory_mode(pipeline, mode: str, device: torch.device, compute_dtype: 
         pipeline.enable_group_offload(onload_device=device, offload_type="leaf_level")
     else:
         pipeline.enable_model_cpu_offload(device=device)
+
+
+QUANTIZATIONS = {
+    "int8_weight_only": "DiT linear weights stored as int8 with per-channel scales (torchao), computed in the "
+    "compute dtype: about a quarter of float32's weight memory",
+}
+
+
+def quantize_transformer(transformer, mode: str) -> None:
+    """Quantize the DiT blocks' linear layers in place (torchao); embeddings, norms and the audio adapter
+    stay in full precision."""
+    if mode not in QUANTIZATIONS:
+        raise UserFacingError(f"unknown quantization {mode!r}; choose one of {', '.join(QUANTIZATIONS)}")
+    try:
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+    except ImportError:
+        raise UserFacingError("--quantize needs torchao (pip install torchao)") from None
+    quantize_(
+        transformer,
+        Int8WeightOnlyConfig(),
+        filter_fn=lambda module, name: isinstance(module, torch.nn.Linear) and name.startswith("blocks."),
+    )

@@ -61,6 +61,7 @@ class VaeTrainConfig:
     max_clips: int | None = None
     seed: int = 0
     log_every: int = 50
+    checkpoint_every: int = 250
     statistics_samples: int = 64
     vae_config: dict = field(default_factory=lambda: dict(SMALL_VAE_CONFIG))
 
@@ -183,8 +184,18 @@ def train_vae(
     rng = np.random.default_rng(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     history: list[dict] = []
-    started = time.monotonic()
-    bar = tqdm(range(config.max_train_steps), desc="training VAE", unit="step")
+    first_step, seconds = 0, 0.0
+    checkpoint = config.output_dir / "checkpoint.pt"
+    if checkpoint.is_file():  # continue an interrupted run exactly where it stopped
+        state = torch.load(checkpoint, weights_only=True)
+        vae.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = json.loads(state["numpy_rng"])
+        generator.set_state(state["torch_rng"])
+        first_step, seconds, history = state["step"], state["seconds"], json.loads(state["history"])
+    started = time.monotonic() - seconds
+    bar = tqdm(range(first_step, config.max_train_steps), desc="training VAE", unit="step",
+               initial=first_step, total=config.max_train_steps)  # fmt: skip
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(config, step)
@@ -197,6 +208,13 @@ def train_vae(
         if step % config.log_every == 0 or step == config.max_train_steps - 1:
             history.append({"step": step + 1, "loss": loss.item(), **parts})
             bar.set_postfix(psnr=f"{parts['psnr']:.1f}", lip=f"{parts['lip_l1']:.3f}")
+        if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.max_train_steps:
+            config.output_dir.mkdir(parents=True, exist_ok=True)
+            state = {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1,
+                     "numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": generator.get_state(),
+                     "seconds": time.monotonic() - started, "history": json.dumps(history)}  # fmt: skip
+            torch.save(state, checkpoint.with_suffix(".partial"))
+            checkpoint.with_suffix(".partial").replace(checkpoint)
     vae.eval().requires_grad_(False)
     mean, std = latent_statistics(
         vae, frames, np.random.default_rng(config.seed + 1), config.statistics_samples, config.num_frames
@@ -204,6 +222,7 @@ def train_vae(
     vae.register_to_config(latents_mean=mean, latents_std=std)
     config.output_dir.mkdir(parents=True, exist_ok=True)
     vae.save_pretrained(config.output_dir)
+    checkpoint.unlink(missing_ok=True)
     summary = {
         "seconds": time.monotonic() - started,
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
