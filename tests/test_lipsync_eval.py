@@ -90,11 +90,11 @@ def test_seam_frames_match_the_window_plan() -> None:
 
 def test_seam_statistics_on_constructed_changes() -> None:
     frames = np.zeros((41, 4, 4, 3), np.uint8)
-    steps = np.full(41, 10, np.uint8)
-    steps[[13, 17, 21, 37]] = 30
+    steps = np.full(41, 2, np.uint8)
+    steps[[13, 17, 21, 37]] = 6
     frames[:] = np.cumsum(steps)[:, None, None, None].astype(np.uint8)
     changes = frame_changes(frames)
-    assert np.isnan(changes[0]) and changes[1] == pytest.approx(10 / 255)
+    assert np.isnan(changes[0]) and changes[1] == pytest.approx(2 / 255)
     statistics = seam_statistics(changes, [13, 17, 21, 37])
     assert statistics["seams"] == 4
     assert statistics["seam_ratio"] == pytest.approx(3.0)

@@ -410,6 +410,10 @@ def _build_optimizer(config: TrainConfig, parameters: list[torch.nn.Parameter]) 
             ) from None
         return bnb.optim.AdamW8bit(parameters, **kwargs)
     if config.optimizer == "cpu_offload_adamw":
+        if not torch.cuda.is_available():
+            raise UserFacingError(
+                "--optimizer cpu_offload_adamw moves optimizer states from the GPU to CPU memory; it needs CUDA"
+            )
         try:
             from torchao.optim import CPUOffloadOptimizer
         except ImportError:

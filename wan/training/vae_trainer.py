@@ -44,13 +44,13 @@ SMALL_VAE_CONFIG: dict = {
 
 @dataclass
 class VaeTrainConfig:
-    """A VAE training run. `num_frames` must be 1 + 4k."""
+    """A VAE training run. Step i draws `samples[i % len(samples)]` = (batch size, frames), frames 1 + 4k:
+    short clips for the first chunk, longer ones so the causal cache between chunks is learnt too."""
 
     list_file: Path
     output_dir: Path
     size: int = 64
-    num_frames: int = 9
-    batch_size: int = 6
+    samples: tuple[tuple[int, int], ...] = ((4, 5), (2, 9))
     max_train_steps: int = 3000
     learning_rate: float = 1e-3
     final_learning_rate: float = 1e-4
@@ -175,8 +175,8 @@ def train_vae(
     config: VaeTrainConfig, frames: ClipFrames | None = None
 ) -> tuple[AutoencoderKLWan, list[dict]]:
     """Train from a seeded random initialisation; saves the VAE (with latent statistics) to `output_dir`."""
-    if (config.num_frames - 1) % 4:
-        raise UserFacingError(f"num_frames must be 1 + 4k, got {config.num_frames}")
+    if any((frames - 1) % 4 for _, frames in config.samples):
+        raise UserFacingError(f"frames per sample must be 1 + 4k, got {config.samples}")
     torch.manual_seed(config.seed)
     frames = frames or ClipFrames(config.list_file, config.size, config.max_clips)
     vae = AutoencoderKLWan(**config.vae_config).train()
@@ -199,7 +199,7 @@ def train_vae(
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(config, step)
-        video, lips = frames.sample(rng, config.batch_size, config.num_frames)
+        video, lips = frames.sample(rng, *config.samples[step % len(config.samples)])
         loss, parts = vae_loss(vae, video, lips, config, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -217,7 +217,7 @@ def train_vae(
             checkpoint.with_suffix(".partial").replace(checkpoint)
     vae.eval().requires_grad_(False)
     mean, std = latent_statistics(
-        vae, frames, np.random.default_rng(config.seed + 1), config.statistics_samples, config.num_frames
+        vae, frames, np.random.default_rng(config.seed + 1), config.statistics_samples, 9
     )
     vae.register_to_config(latents_mean=mean, latents_std=std)
     config.output_dir.mkdir(parents=True, exist_ok=True)
@@ -239,16 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, required=True, help="folder for the trained VAE")
     parser.add_argument("--size", type=int, default=64, help="square training size (multiple of 8)")
     parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--batch_size", type=int, default=6)
-    parser.add_argument("--num_frames", type=int, default=9, help="frames per sample, 1 + 4k")
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--max_clips", type=int, default=None, help="use only the first N clips")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    config = VaeTrainConfig(args.data, args.output, size=args.size, num_frames=args.num_frames,
-                            batch_size=args.batch_size, max_train_steps=args.steps,
+    config = VaeTrainConfig(args.data, args.output, size=args.size, max_train_steps=args.steps,
                             learning_rate=args.learning_rate, max_clips=args.max_clips, seed=args.seed)  # fmt: skip
     _, history = train_vae(config)
     print(f"wrote {args.output} (last PSNR {history[-1]['psnr']:.1f} dB)")
