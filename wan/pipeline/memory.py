@@ -48,7 +48,10 @@ def quantize_transformer(transformer, mode: str) -> None:
     try:
         from torchao.quantization import Int8WeightOnlyConfig, quantize_
     except ImportError:
-        raise UserFacingError("--quantize needs torchao (pip install torchao)") from None
+        raise UserFacingError(
+            "--quantize needs torchao >= 0.16 (pip install torchao); it is optional because newer releases "
+            "make diffusers 0.42 print warnings and older ones break peft"
+        ) from None
     quantize_(
         transformer,
         Int8WeightOnlyConfig(),
