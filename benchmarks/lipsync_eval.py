@@ -1,0 +1,312 @@
+"""How well the demo model's lips follow held-out audio, whether its identity holds over a minute, and
+whether window seams show.
+
+    python -m benchmarks.lipsync_eval [--model_dir checkpoints/demo] [--output outputs/lipsync_eval]
+
+Everything goes through the real pipeline. The reference image is the first frame of a synthetic clip whose
+seed no training clip used (training clip i of seed s has seed s * 100003 + i); its audio drives the video.
+
+* lip sync: mouth opening measured in the known mouth region of every generated frame (the mean darkness
+  of the region; the synthetic mouth interior is nearly black, so a wider-open mouth makes the region
+  darker) correlated (Pearson) with the audio's loudness per frame. Control: the same mouth curve against
+  the loudness of other held-out speech (and a video driven by that speech against the first audio). The
+  clip's own drawn frames give the ceiling the measure can reach.
+* identity: a 60 s video from the same reference; per second, the mean similarity (1 - mean absolute
+  pixel difference, outside the mouth region) of its frames to the reference image; the linear trend.
+* seams: frame-to-frame change where one window hands over to the next (both ends of every overlap)
+  against the median change inside windows.
+
+Targets: correlation >= 0.6 with the right audio and <= 0.2 with the wrong one; identity drop over 60 s
+(linear fit) <= 0.01; seam change <= 1.5 x the median in-window change. It prints the numbers and writes
+`metrics.json`, `lipsync.png` (mouth opening against loudness) and the videos to `--output`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+HELD_OUT_SEED = 777_000_001  # reference face and its speech
+CONTROL_SEED = 777_000_002  # the mismatched speech
+IDENTITY_SEED = 777_000_003  # one minute of speech for the identity and seam measures
+FPS = 25
+TARGETS = {"lipsync_right": 0.6, "lipsync_wrong": 0.2, "identity_drop_60s": 0.01, "seam_ratio": 1.5}
+
+
+# ---- measures (numpy only) ----------------------------------------------------------------------------
+def mouth_box(face_width: float, face_height: float, size: int, motion: tuple[float, float] = (0.02, 0.015)
+              ) -> tuple[int, int, int, int]:  # fmt: skip
+    """Pixel box (x0, y0, x1, y1), end exclusive, holding a synthetic face's mouth at any head offset.
+
+    `face_width`/`face_height` are the `FaceStyle` fractions; the mouth is drawn centred at
+    (0.5, 0.45 + face_height / 4) of the frame, 0.35 face half-widths to each side and at most 0.3 face
+    half-heights up and down; the head moves by at most `motion` of the frame.
+    """
+    half_w, half_h = face_width / 2, face_height / 2
+    cx, cy = 0.5, 0.45 + half_h * 0.5
+    dx, dy = half_w * 0.35 + motion[0], half_h * 0.3 + motion[1]
+    x0, x1 = int(np.floor((cx - dx) * size)), int(np.ceil((cx + dx) * size))
+    y0, y1 = int(np.floor((cy - dy) * size)), int(np.ceil((cy + dy) * size))
+    return max(x0, 0), max(y0, 0), min(x1, size), min(y1, size)
+
+
+def luminance(frames: np.ndarray) -> np.ndarray:
+    """`[..., H, W, 3]` uint8 or [0, 1] floats -> `[..., H, W]` luminance in [0, 1]."""
+    frames = frames.astype(np.float32) / (255.0 if frames.dtype == np.uint8 else 1.0)
+    return frames @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def mouth_opening(frames: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """`[T]` mean darkness (1 - luminance) of the mouth box in each frame `[T, H, W, 3]`."""
+    x0, y0, x1, y1 = box
+    return 1.0 - luminance(frames[:, y0:y1, x0:x1]).mean(axis=(1, 2))
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two equally long series (0 when either is constant)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(a) != len(b):
+        raise ValueError(f"series differ in length: {len(a)} and {len(b)}")
+    a, b = a - a.mean(), b - b.mean()
+    denominator = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denominator) if denominator > 0 else 0.0
+
+
+def best_lag(a: np.ndarray, b: np.ndarray, max_lag: int = 4) -> tuple[int, float]:
+    """(lag, correlation) maximising corr(a[t], b[t - lag]) for |lag| <= max_lag (positive: a trails b)."""
+    results = []
+    for lag in range(-max_lag, max_lag + 1):
+        if lag >= 0:
+            results.append((lag, pearson(a[lag:], b[: len(b) - lag])))
+        else:
+            results.append((lag, pearson(a[:lag], b[-lag:])))
+    return max(results, key=lambda item: item[1])
+
+
+def identity_similarity(frames: np.ndarray, reference: np.ndarray, exclude: tuple[int, int, int, int] | None = None
+                        ) -> np.ndarray:  # fmt: skip
+    """`[T]` 1 - mean absolute difference (pixels in [0, 1]) of each frame to `reference`, outside `exclude`."""
+    difference = np.abs(frames.astype(np.float32) - reference.astype(np.float32)[None]) / 255.0
+    keep = np.ones(reference.shape[:2], bool)
+    if exclude is not None:
+        x0, y0, x1, y1 = exclude
+        keep[y0:y1, x0:x1] = False
+    return 1.0 - difference[:, keep].mean(axis=(1, 2))
+
+
+def per_second(values: np.ndarray, fps: int = FPS) -> np.ndarray:
+    """Means over each whole second."""
+    seconds = len(values) // fps
+    return np.asarray(values[: seconds * fps]).reshape(seconds, fps).mean(axis=1)
+
+
+def linear_drop(values: np.ndarray, span: float | None = None) -> float:
+    """How much a least-squares line through `values` (one per unit of time) falls over `span` units
+    (default: their length); negative when it rises."""
+    x = np.arange(len(values), dtype=np.float64)
+    slope = np.polyfit(x, np.asarray(values, np.float64), 1)[0]
+    return float(-slope * (len(values) if span is None else span))
+
+
+def seam_frames(num_frames: int, clip_length: int, overlap: int) -> list[int]:
+    """Video frames t where the sampler's blending regime changes between frame t - 1 and t.
+
+    A window of latent frames [start, end) that overlaps its predecessor ending at `previous_end` starts
+    blending at latent `start` and is alone from latent `previous_end`; latent k >= 1 decodes to video
+    frames 4k-3 .. 4k, so the hand-overs are between video frames 4k-4 and 4k-3.
+    """
+    from wan.pipeline.pipeline import latent_frames_for_video
+    from wan.pipeline.windows import plan_windows
+
+    windows = plan_windows(latent_frames_for_video(num_frames), (clip_length - 1) // 4 + 1, overlap)
+    seams = set()
+    for previous, window in zip(windows, windows[1:], strict=False):
+        for k in (window.start, previous.end):
+            if 1 <= 4 * k - 3 < num_frames:
+                seams.add(4 * k - 3)
+    return sorted(seams)
+
+
+def frame_changes(frames: np.ndarray) -> np.ndarray:
+    """`[T]` mean absolute change (pixels in [0, 1]) from the previous frame; entry 0 is NaN."""
+    changes = np.abs(np.diff(frames.astype(np.float32), axis=0)).mean(axis=(1, 2, 3)) / 255.0
+    return np.concatenate([[np.nan], changes])
+
+
+def seam_statistics(changes: np.ndarray, seams: list[int]) -> dict:
+    """Mean and max frame change at the seams over the median change elsewhere (and at the 4-frame latent
+    boundaries elsewhere, where the VAE's chunks meet)."""
+    seam_mask = np.zeros(len(changes), bool)
+    seam_mask[seams] = True
+    inside = ~seam_mask
+    inside[0] = False
+    boundaries = inside & (np.arange(len(changes)) % 4 == 1)
+    median = float(np.median(changes[inside]))
+    median_boundary = float(np.median(changes[boundaries])) if boundaries.any() else median
+    at_seams = changes[seam_mask]
+    return {"seams": len(seams), "median_in_window_change": median,
+            "mean_seam_change": float(at_seams.mean()) if len(at_seams) else 0.0,
+            "seam_ratio": float(at_seams.mean() / median) if len(at_seams) and median > 0 else 0.0,
+            "max_seam_ratio": float(at_seams.max() / median) if len(at_seams) and median > 0 else 0.0,
+            "seam_ratio_vs_latent_boundaries": float(at_seams.mean() / median_boundary)
+            if len(at_seams) and median_boundary > 0 else 0.0}  # fmt: skip
+
+
+# ---- generation ---------------------------------------------------------------------------------------
+def read_frames(folder: Path) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(path).convert("RGB")) for path in sorted(folder.glob("frame_*.png"))])
+
+
+def generate(pipe, reference: Path, audio: np.ndarray, folder: Path, settings: dict) -> tuple[np.ndarray, float]:
+    """Frames `[T, H, W, 3]` uint8 of the pipeline's video (also written as `folder/video.mp4`), seconds."""
+    started = time.monotonic()
+    pipe(reference, audio, prompt="The protagonist is talking", output_path=folder / "video.mp4",
+         frames_dir=folder / "frames", seed=0, progress=False, **settings)  # fmt: skip
+    return read_frames(folder / "frames"), time.monotonic() - started
+
+
+def evaluate(model_dir: Path, output: Path, settings: dict, seconds: float = 10.0, identity_seconds: float = 60.0) -> dict:
+    import torch
+
+    from wan.media import load_audio
+    from wan.pipeline import StableAvatarPipeline
+    from wan.training.synthetic import FaceStyle, loudness_per_frame, speech_audio, write_clip
+
+    size = settings["height"]
+    output.mkdir(parents=True, exist_ok=True)
+    clip = write_clip(output / "held_out_clip", HELD_OUT_SEED, seconds, (128, 128))
+    style = FaceStyle.random(np.random.default_rng(HELD_OUT_SEED))  # write_clip draws the style first
+    box = mouth_box(style.face_width, style.face_height, size)
+    reference_path = clip / "images" / "frame_0.png"
+    reference = np.asarray(Image.open(reference_path).convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
+    right_audio = load_audio(clip / "audio.wav", 16000)
+    wrong_audio = speech_audio(seconds, np.random.default_rng(CONTROL_SEED))
+    pipe = StableAvatarPipeline.from_pretrained(model_dir, dtype=torch.float32)
+
+    right_frames, right_seconds = generate(pipe, reference_path, right_audio, output / "right_audio", settings)
+    wrong_frames, _ = generate(pipe, reference_path, wrong_audio, output / "wrong_audio", settings)
+    count = min(len(right_frames), len(wrong_frames))
+    loud_right = loudness_per_frame(right_audio, count)
+    loud_wrong = loudness_per_frame(wrong_audio, count)
+    mouth_right = mouth_opening(right_frames[:count], box)
+    mouth_wrong = mouth_opening(wrong_frames[:count], box)
+    drawn = np.stack([np.asarray(Image.open(clip / "images" / f"frame_{i}.png").convert("RGB")
+                                 .resize((size, size), Image.Resampling.BICUBIC)) for i in range(count)])  # fmt: skip
+    lag, lag_correlation = best_lag(mouth_right, loud_right)
+    metrics: dict = {
+        "settings": settings,
+        "lipsync_right": pearson(mouth_right, loud_right),
+        "lipsync_wrong": pearson(mouth_right, loud_wrong),
+        "lipsync_wrong_driven": pearson(mouth_wrong, loud_right),
+        "lipsync_best_lag": {"frames": lag, "correlation": lag_correlation},
+        "lipsync_ceiling_drawn_frames": pearson(mouth_opening(drawn, box), loud_right),
+        "seconds_for_lipsync_video": right_seconds,
+    }
+
+    long_audio = speech_audio(identity_seconds, np.random.default_rng(IDENTITY_SEED))
+    long_frames, long_seconds = generate(pipe, reference_path, long_audio, output / "one_minute", settings)
+    similarity = per_second(identity_similarity(long_frames, reference, exclude=box))
+    first = per_second(identity_similarity(long_frames, long_frames[0], exclude=box))
+    metrics.update({
+        "identity_per_second": similarity.round(4).tolist(),
+        "identity_first_10s": float(similarity[:10].mean()),
+        "identity_last_10s": float(similarity[-10:].mean()),
+        "identity_drop_60s": linear_drop(similarity, span=60.0),
+        "identity_to_first_frame_drop_60s": linear_drop(first, span=60.0),
+        "seconds_for_identity_video": long_seconds,
+    })  # fmt: skip
+    changes = frame_changes(long_frames)
+    metrics.update(seam_statistics(changes, seam_frames(len(long_frames), settings["clip_length"], settings["overlap"])))
+    metrics["passed"] = {
+        "lipsync_right": metrics["lipsync_right"] >= TARGETS["lipsync_right"],
+        "lipsync_wrong": max(abs(metrics["lipsync_wrong"]), abs(metrics["lipsync_wrong_driven"])) <= TARGETS["lipsync_wrong"],
+        "identity": metrics["identity_drop_60s"] <= TARGETS["identity_drop_60s"],
+        "seams": metrics["seam_ratio"] <= TARGETS["seam_ratio"],
+    }  # fmt: skip
+    plot(output / "lipsync.png", mouth_right, loud_right, mouth_wrong, loud_wrong, similarity, metrics)
+    (output / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+def _standardise(values: np.ndarray) -> np.ndarray:
+    return (values - values.mean()) / max(float(values.std()), 1e-9)
+
+
+def plot(path: Path, mouth_right, loud_right, mouth_wrong, loud_wrong, similarity, metrics: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seconds = np.arange(len(mouth_right)) / FPS
+    figure, axes = plt.subplots(3, 1, figsize=(10, 9))
+    axes[0].plot(seconds, _standardise(loud_right), color="tab:orange", label="audio loudness")
+    axes[0].plot(seconds, _standardise(mouth_right), color="tab:blue", label="mouth opening (generated)")
+    axes[0].set_title(f"held-out audio: correlation {metrics['lipsync_right']:.2f}")
+    axes[1].plot(seconds, _standardise(loud_wrong), color="tab:orange", label="loudness of other speech")
+    axes[1].plot(seconds, _standardise(mouth_right), color="tab:blue", label="mouth opening (same video)")
+    axes[1].set_title(f"control, mismatched audio: correlation {metrics['lipsync_wrong']:.2f}")
+    for axis in axes[:2]:
+        axis.set_xlabel("seconds")
+        axis.set_ylabel("standardised")
+        axis.legend(loc="upper right")
+    axes[2].plot(np.arange(len(similarity)) + 0.5, similarity, marker="o")
+    axes[2].set_title(f"identity over {len(similarity)} s: similarity to the reference (drop of linear fit {metrics['identity_drop_60s']:+.4f})")
+    axes[2].set_xlabel("second")
+    axes[2].set_ylabel("1 - mean |frame - reference|")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from wan.training.demo import demo_generation_settings
+
+    defaults = demo_generation_settings()
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.lipsync_eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--model_dir", type=Path, default=Path("checkpoints/demo"))
+    parser.add_argument("--output", type=Path, default=Path("outputs/lipsync_eval"))
+    parser.add_argument("--steps", type=int, default=defaults["num_inference_steps"])
+    parser.add_argument("--audio_guidance", type=float, default=defaults["audio_guidance_scale"])
+    parser.add_argument("--text_guidance", type=float, default=defaults["text_guidance_scale"])
+    parser.add_argument("--overlap", type=int, default=defaults["overlap"])
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of the lip-sync videos")
+    parser.add_argument("--identity_seconds", type=float, default=60.0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    settings = {**defaults, "num_inference_steps": args.steps, "audio_guidance_scale": args.audio_guidance,
+                "text_guidance_scale": args.text_guidance, "overlap": args.overlap}  # fmt: skip
+    metrics = evaluate(args.model_dir, args.output, settings, args.seconds, args.identity_seconds)
+    rows = [
+        ("lip sync, right audio (>= 0.6)", f"{metrics['lipsync_right']:.3f}"),
+        ("lip sync, wrong audio, same video (<= 0.2)", f"{metrics['lipsync_wrong']:.3f}"),
+        ("lip sync, video driven by the wrong audio (<= 0.2)", f"{metrics['lipsync_wrong_driven']:.3f}"),
+        ("best lag (frames, correlation)", f"{metrics['lipsync_best_lag']['frames']}, {metrics['lipsync_best_lag']['correlation']:.3f}"),
+        ("ceiling: the drawn frames of the clip", f"{metrics['lipsync_ceiling_drawn_frames']:.3f}"),
+        ("identity, first 10 s / last 10 s", f"{metrics['identity_first_10s']:.4f} / {metrics['identity_last_10s']:.4f}"),
+        ("identity drop per 60 s, linear fit (<= 0.01)", f"{metrics['identity_drop_60s']:+.4f}"),
+        ("seam change / median in-window change (<= 1.5)", f"{metrics['seam_ratio']:.2f} (max {metrics['max_seam_ratio']:.2f}, "
+         f"vs latent boundaries {metrics['seam_ratio_vs_latent_boundaries']:.2f}, {metrics['seams']} seams)"),
+        (f"seconds to generate the {args.seconds:g} s / {args.identity_seconds:g} s videos",
+         f"{metrics['seconds_for_lipsync_video']:.1f} / {metrics['seconds_for_identity_video']:.1f}"),
+    ]  # fmt: skip
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name.ljust(width)}  {value}")
+    print(f"passed: {metrics['passed']}")
+    print(f"wrote {args.output / 'metrics.json'} and {args.output / 'lipsync.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,310 @@
+"""The demo model: a small StableAvatar of the released architecture, trained from scratch on synthetic faces.
+
+    python -m wan.training.demo --work_dir outputs/demo_training --output checkpoints/demo
+
+It knows only the cartoon faces of `wan.training.synthetic`, so from any reference image (a real photo
+included) it draws a cartoon face of that kind; what it shows is the whole program working, with lips that
+follow the audio. One seed (`--seed`, default 1) fixes the data and every initialisation. Stages, each
+skipped when its output already exists (so an interrupted run continues where it stopped):
+
+  data        synthetic clips (4 s, 128x128; clip i has seed seed * 100003 + i) in talking_face_data layout
+  vae         AutoencoderKLWan (16 latent channels, 8x spatial, 4x temporal) trained as an autoencoder at 64x64
+  precompute  the frozen encoders' outputs for windows of 33 frames (wan.training.encode.EncodedBatch files)
+  dit         the transformer (with the audio adapter) trained by wan.training.trainer on those features
+  assemble    StableAvatarPipeline.save_pretrained(--output), float32 safetensors
+
+Text, image and audio encoders stay random (seeded) at small size: random wav2vec2 features still carry the
+loudness (a linear probe on them predicts log-loudness with correlation 0.9), which is what the mouth follows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler
+from tqdm.auto import tqdm
+from transformers import (
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    UMT5Config,
+    UMT5EncoderModel,
+    Wav2Vec2Config,
+    Wav2Vec2FeatureExtractor,
+    Wav2Vec2Model,
+)
+
+from ..cli import run_cli
+from ..models import STABLEAVATAR_1_3B, StableAvatarTransformer3DModel
+from ..pipeline.conditioning import DEFAULT_NEGATIVE_PROMPT
+from ..pipeline.pipeline import StableAvatarPipeline
+from ..pipeline.tiny import byte_tokenizer
+from .dataset import TalkingFaceDataset
+from .encode import encode_batch
+from .objective import ObjectiveConfig
+from .synthetic import SENTENCES, write_dataset
+from .trainer import TrainConfig, Trainer, collate
+from .vae_trainer import VaeTrainConfig, train_vae
+
+# ---- the demo model and how it generates ----------------------------------------------------------------
+DEMO_SIZE = 64  # output width and height
+DEMO_CLIP_FRAMES = 33  # video frames per window (9 latent frames), as trained
+DEMO_OVERLAP = 3  # latent frames shared by neighbouring windows
+DEMO_STEPS = 10  # Euler steps
+DEMO_TEXT_GUIDANCE = 1.0  # the prompt means nothing to the demo model (it trained on random prompts)
+DEMO_AUDIO_GUIDANCE = 2.0
+DEMO_SCHEDULER_SHIFT = 3.0  # a 8x8 latent grid loses its structure at lower noise than 64x64 does
+DEMO_SEED = 1
+
+# Width 128 (2 heads of 64), 6 blocks, the audio adapter at the DiT width; 36 input channels as released.
+DEMO_TRANSFORMER: dict = {
+    **STABLEAVATAR_1_3B,
+    "num_attention_heads": 2,
+    "attention_head_dim": 64,
+    "text_dim": 64,
+    "ffn_dim": 512,
+    "num_layers": 6,
+    "image_dim": 64,
+    "added_kv_proj_dim": 128,
+    "audio_proj_dims": (128,),
+    "audio_adapter_heads": 2,
+}
+
+# Prompts drawn at random for the training samples, so the model learns that the text carries nothing
+# (any prompt, and the Chinese default negative prompt of guidance, then give the same video).
+TRAINING_PROMPTS = (
+    "",
+    "The protagonist is talking",
+    "The protagonist is speaking.",
+    "The protagonist is singing",
+    "A person speaks to the camera.",
+    "A cartoon face talks.",
+    DEFAULT_NEGATIVE_PROMPT,
+    *SENTENCES,
+)
+
+
+def demo_generation_settings() -> dict:
+    """Keyword arguments of `StableAvatarPipeline.__call__` the demo model was made for."""
+    return {
+        "height": DEMO_SIZE,
+        "width": DEMO_SIZE,
+        "num_inference_steps": DEMO_STEPS,
+        "text_guidance_scale": DEMO_TEXT_GUIDANCE,
+        "audio_guidance_scale": DEMO_AUDIO_GUIDANCE,
+        "clip_length": DEMO_CLIP_FRAMES,
+        "overlap": DEMO_OVERLAP,
+    }
+
+
+def build_encoders(seed: int) -> dict:
+    """Tokenizer, umT5, CLIP vision tower and wav2vec2 at small size with random (seeded) weights."""
+    torch.manual_seed(seed)
+    tokenizer = byte_tokenizer()
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(vocab_size=len(tokenizer), d_model=DEMO_TRANSFORMER["text_dim"], d_kv=16, d_ff=128, num_layers=2,
+                   num_heads=4, relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", dropout_rate=0.0)
+    )  # fmt: skip
+    image_encoder = CLIPVisionModel(
+        CLIPVisionConfig(image_size=56, patch_size=14, hidden_size=DEMO_TRANSFORMER["image_dim"], intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=2)
+    )  # fmt: skip
+    audio_encoder = Wav2Vec2Model(
+        Wav2Vec2Config(hidden_size=768, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, conv_dim=[32] * 7,
+                       num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=16, apply_spec_augment=False)
+    )  # fmt: skip
+    feature_extractor = Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True
+    )
+    for module in (text_encoder, image_encoder, audio_encoder):
+        module.eval().requires_grad_(False)
+    return {"tokenizer": tokenizer, "text_encoder": text_encoder, "image_encoder": image_encoder,
+            "audio_encoder": audio_encoder, "audio_feature_extractor": feature_extractor}  # fmt: skip
+
+
+def build_transformer(seed: int) -> StableAvatarTransformer3DModel:
+    """The demo transformer, seeded; the audio projections start small instead of zero (no base model to keep)."""
+    torch.manual_seed(seed)
+    transformer = StableAvatarTransformer3DModel(**DEMO_TRANSFORMER)
+    for block in transformer.blocks:
+        torch.nn.init.normal_(block.attn2.to_k_audio.weight, std=0.02)
+        torch.nn.init.normal_(block.attn2.to_v_audio.weight, std=0.02)
+    return transformer
+
+
+def build_pipeline(
+    vae: AutoencoderKLWan, transformer: StableAvatarTransformer3DModel, seed: int
+) -> StableAvatarPipeline:
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=DEMO_SCHEDULER_SHIFT)
+    return StableAvatarPipeline(
+        vae=vae.eval(), transformer=transformer, scheduler=scheduler, **build_encoders(seed)
+    )
+
+
+# ---- stages -------------------------------------------------------------------------------------------
+def make_data(folder: Path, num_clips: int, seconds: float, seed: int) -> Path:
+    list_file = folder / "video_square_path.txt"
+    if not list_file.is_file():
+        staging = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        write_dataset(staging, num_clips=num_clips, seconds=seconds, size=(128, 128), seed=seed)
+        shutil.rmtree(folder, ignore_errors=True)
+        staging.rename(folder)
+        # the list holds absolute paths of the staging folder: point it at the final one
+        clips = sorted((folder / "speech").iterdir())
+        list_file.write_text("".join(f"{clip.resolve()}\n" for clip in clips))
+    return list_file
+
+
+def precompute_windows(pipe: StableAvatarPipeline, list_file: Path, output: Path, samples_per_clip: int,
+                       seed: int) -> int:  # fmt: skip
+    """`samples_per_clip` windows of `DEMO_CLIP_FRAMES` frames per clip, each with a random training prompt.
+
+    Each window's audio runs 3 frames past its last video frame: the sampler gives a window of L latent
+    frames the audio of 4L video frames (`window_audio_span`) while the window decodes to 4(L-1)+1, so
+    training on the same span keeps the audio-to-frame alignment identical at inference.
+    """
+    output.mkdir(parents=True, exist_ok=True)
+    frames = DEMO_CLIP_FRAMES
+    dataset = TalkingFaceDataset(list_file, DEMO_SIZE, DEMO_SIZE, frames + 3, seed=seed)
+    rng = np.random.default_rng(seed)
+    count = 0
+    with tqdm(total=samples_per_clip * len(dataset), desc="caching features", unit="sample") as bar:
+        for round_index in range(samples_per_clip):
+            dataset.set_epoch(round_index)
+            for index in range(len(dataset)):
+                prompt = TRAINING_PROMPTS[int(rng.integers(len(TRAINING_PROMPTS)))]
+                path = output / f"{index:06d}_{round_index:03d}.safetensors"
+                if not path.is_file():
+                    item = dataset[index]
+                    item["pixel_values"] = item["pixel_values"][:frames]
+                    item["face_masks"] = item["face_masks"][:, :frames]
+                    item["lip_masks"] = item["lip_masks"][:, :frames]
+                    item["prompt"] = prompt
+                    encode_batch(pipe, collate([item])).save(path)
+                count += 1
+                bar.update()
+    return count
+
+
+def train_transformer(
+    pipe: StableAvatarPipeline, cache: Path, run_dir: Path, steps: int, seed: int
+) -> Trainer:
+    config = TrainConfig(
+        output_dir=run_dir,
+        data=[],
+        precomputed_dir=cache,
+        num_frames=DEMO_CLIP_FRAMES,
+        batch_size=8,
+        max_train_steps=steps,
+        learning_rate=5e-4,
+        lr_scheduler="cosine",
+        lr_warmup_steps=200,
+        adam_weight_decay=0.01,
+        max_grad_norm=1.0,
+        checkpointing_steps=500,
+        checkpoints_total_limit=1,
+        resume_from_checkpoint="latest",
+        seed=seed,
+        trainable_patterns=("",),  # from scratch: every parameter trains
+        objective=ObjectiveConfig(
+            mask_probabilities=(0.6, 0.1, 0.3),
+            motion_weight=0.25,
+            motion_axis="frames",
+            audio_dropout=0.1,
+            clip_level_audio=0.1,
+        ),  # fmt: skip
+        use_ema=True,
+        ema_decay=0.999,
+        report_to="none",
+    )
+    trainer = Trainer(config, pipe)
+    # The demo scheduler's shift, for the noise levels training draws as well as for sampling.
+    trainer.schedule_sigmas = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=DEMO_SCHEDULER_SHIFT
+    ).sigmas.float()
+    trainer.train()
+    trainer.ema.copy_to(trainer.trainable)
+    return trainer
+
+
+def run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    work, seed = args.work_dir, args.seed
+    report_path = work / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {"seed": seed}
+    stages = ("data", "vae", "precompute", "dit", "assemble")
+    wanted = stages if args.stage == "all" else (args.stage,)
+
+    def timed(name: str, function):
+        started = time.monotonic()
+        result = function()
+        if name in wanted:
+            report.setdefault("seconds", {})[name] = (
+                report.get("seconds", {}).get(name, 0.0) + time.monotonic() - started
+            )
+            work.mkdir(parents=True, exist_ok=True)
+            report_path.write_text(json.dumps(report, indent=1))
+        return result
+
+    list_file = work / "data" / "video_square_path.txt"
+    if "data" in wanted:
+        timed("data", lambda: make_data(work / "data", args.num_clips, args.clip_seconds, seed))
+    vae_dir = work / "vae"
+    if "vae" in wanted and not (vae_dir / "config.json").is_file():
+        config = VaeTrainConfig(list_file, vae_dir, size=DEMO_SIZE, max_train_steps=args.vae_steps,
+                                max_clips=args.vae_clips, seed=seed)  # fmt: skip
+        timed("vae", lambda: train_vae(config))
+    if not any(stage in wanted for stage in ("precompute", "dit", "assemble")):
+        return
+    vae = AutoencoderKLWan.from_pretrained(vae_dir)
+    pipe = build_pipeline(vae, build_transformer(seed), seed)
+    cache = work / "cache"
+    if "precompute" in wanted:
+        timed("precompute", lambda: precompute_windows(pipe, list_file, cache, args.samples_per_clip, seed))
+    weights = work / "transformer"
+    if "dit" in wanted and not (weights / "config.json").is_file():
+        trainer = timed("dit", lambda: train_transformer(pipe, cache, work / "dit_run", args.dit_steps, seed))
+        report["dit_loss"] = trainer.history[-50:]
+        pipe.transformer.eval().requires_grad_(False)
+        pipe.transformer.save_pretrained(weights)
+    if "assemble" in wanted:
+        pipe.transformer = StableAvatarTransformer3DModel.from_pretrained(weights).eval()
+        pipe.register_modules(transformer=pipe.transformer)
+        timed("assemble", lambda: pipe.save_pretrained(args.output, safe_serialization=True))
+        (args.output / "training_report.json").write_text(json.dumps(report, indent=1))
+        print(f"wrote the demo model to {args.output}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m wan.training.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument(
+        "--work_dir",
+        type=Path,
+        default=Path("outputs/demo_training"),
+        help="data, caches, runs (git-ignored)",
+    )
+    parser.add_argument("--output", type=Path, default=Path("checkpoints/demo"), help="the pipeline folder")
+    parser.add_argument("--seed", type=int, default=DEMO_SEED, help="data and initialisation seed")
+    parser.add_argument(
+        "--stage", choices=("all", "data", "vae", "precompute", "dit", "assemble"), default="all"
+    )
+    parser.add_argument("--num_clips", type=int, default=600, help="synthetic identities (one clip each)")
+    parser.add_argument("--clip_seconds", type=float, default=4.0)
+    parser.add_argument("--vae_steps", type=int, default=3000)
+    parser.add_argument("--vae_clips", type=int, default=300, help="clips the VAE trains on")
+    parser.add_argument("--samples_per_clip", type=int, default=3, help="cached windows per clip")
+    parser.add_argument("--dit_steps", type=int, default=6000)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    run(parser.parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

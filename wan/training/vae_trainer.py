@@ -1,0 +1,259 @@
+"""Train a small Wan causal video VAE (`diffusers.AutoencoderKLWan`) as an autoencoder on talking-face clips.
+
+    python -m wan.training.vae_trainer --data work/data/video_square_path.txt --size 64 \
+        --output work/vae --steps 3000
+
+A random VAE cannot reconstruct faces, so a small model of the released architecture (8x spatial and 4x
+temporal compression, 16 latent channels, so the DiT's 36 input channels stay 16 + 4 + 16) is trained here
+before the transformer. Samples are 1 + 4k consecutive frames (the first frame alone, then chunks of four,
+as the causal encoder reads them); the loss is L1 on the pixels, extra L1 weight on the lips (the detail
+lip sync lives in) and a small KL term on the posterior. Decoding for the loss is not clamped, so no pixel
+loses its gradient. At the end the per-channel mean and std of the posterior means over the data are stored
+in the VAE's config (`latents_mean`, `latents_std`), which is how the pipeline normalises latents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKLWan
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..cli import run_cli
+from ..errors import UserFacingError
+from .dataset import _sorted_frames, read_path_list
+
+# The demo VAE: 2.05 M parameters (the released one has 127 M); channels 16, 32, 32, 64 from full
+# resolution down to the latent grid.
+SMALL_VAE_CONFIG: dict = {
+    "base_dim": 16,
+    "z_dim": 16,
+    "dim_mult": [1, 2, 2, 4],
+    "num_res_blocks": 1,
+    "temperal_downsample": [False, True, True],
+}
+
+
+@dataclass
+class VaeTrainConfig:
+    """A VAE training run. Step i draws `samples[i % len(samples)]` = (batch size, frames), frames 1 + 4k:
+    short clips for the first chunk, longer ones so the causal cache between chunks is learnt too."""
+
+    list_file: Path
+    output_dir: Path
+    size: int = 64
+    samples: tuple[tuple[int, int], ...] = ((4, 5), (2, 9))
+    max_train_steps: int = 3000
+    learning_rate: float = 1e-3
+    final_learning_rate: float = 1e-4
+    warmup_steps: int = 100
+    lip_weight: float = 8.0
+    kl_weight: float = 1e-5
+    max_grad_norm: float = 1.0
+    max_clips: int | None = None
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 250
+    statistics_samples: int = 64
+    vae_config: dict = field(default_factory=lambda: dict(SMALL_VAE_CONFIG))
+
+
+class ClipFrames:
+    """Every frame (and lip mask) of the clips in a path list, resized to `size` and kept in memory as uint8."""
+
+    def __init__(self, list_file: str | Path, size: int, max_clips: int | None = None) -> None:
+        folders = read_path_list(list_file)[:max_clips]
+        if not folders:
+            raise UserFacingError(f"no clips listed in {list_file}")
+        self.clips: list[tuple[np.ndarray, np.ndarray]] = []
+        for folder in tqdm(folders, desc="loading frames", unit="clip"):
+            frames = _sorted_frames(folder / "images")
+            pixels = np.stack([_load(path, size, "RGB") for path in frames])
+            lips = np.stack(
+                [
+                    _load(folder / "lip_masks" / path.name, size, "L")
+                    if (folder / "lip_masks" / path.name).is_file()
+                    else np.zeros((size, size), np.uint8)
+                    for path in frames
+                ]
+            )
+            self.clips.append((pixels, lips))
+
+    def sample(
+        self, rng: np.random.Generator, batch_size: int, num_frames: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`[B, 3, T, H, W]` pixels in [-1, 1] and `[B, 1, T, H, W]` lip masks in [0, 1] of random spans."""
+        videos, masks = [], []
+        for _ in range(batch_size):
+            pixels, lips = self.clips[int(rng.integers(len(self.clips)))]
+            start = int(rng.integers(0, len(pixels) - num_frames + 1))
+            videos.append(pixels[start : start + num_frames])
+            masks.append(lips[start : start + num_frames])
+        video = torch.from_numpy(np.stack(videos)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+        lip = torch.from_numpy(np.stack(masks)).unsqueeze(1).float() / 255.0
+        return video, lip
+
+
+def _load(path: Path, size: int, mode: str) -> np.ndarray:
+    image = Image.open(path).convert(mode)
+    resample = Image.Resampling.BICUBIC if mode == "RGB" else Image.Resampling.BILINEAR
+    return np.asarray(image.resize((size, size), resample))
+
+
+def decode_unclamped(vae: AutoencoderKLWan, z: torch.Tensor) -> torch.Tensor:
+    """`vae.decode` without the final clamp (so out-of-range pixels still get gradients), with gradients."""
+    vae.clear_cache()
+    hidden = vae.post_quant_conv(z)
+    pieces = []
+    for index in range(z.shape[2]):
+        vae._conv_idx = [0]
+        pieces.append(
+            vae.decoder(
+                hidden[:, :, index : index + 1],
+                feat_cache=vae._feat_map,
+                feat_idx=vae._conv_idx,
+                first_chunk=index == 0,
+            )
+        )
+    vae.clear_cache()
+    return torch.cat(pieces, dim=2)
+
+
+def vae_loss(
+    vae: AutoencoderKLWan,
+    video: torch.Tensor,
+    lips: torch.Tensor,
+    config: VaeTrainConfig,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Reconstruction of a posterior sample: L1 + lip-weighted L1 + KL. Returns the loss and its parts."""
+    posterior = vae.encode(video).latent_dist
+    noise = torch.randn(posterior.mean.shape, generator=generator)
+    z = posterior.mean + posterior.std * noise
+    reconstruction = decode_unclamped(vae, z)
+    error = (reconstruction - video).abs()
+    kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
+    loss = (error * (1.0 + config.lip_weight * lips)).mean() + config.kl_weight * kl
+    with torch.no_grad():
+        lip_l1 = (error * lips).sum() / (lips.sum() * video.shape[1]).clamp(min=1.0)
+        mse = torch.nn.functional.mse_loss(reconstruction.clamp(-1, 1), video).item()
+    psnr = -10 * math.log10(max(mse / 4.0, 1e-12))  # pixels span 2, so peak^2 = 4
+    return loss, {"l1": error.mean().item(), "lip_l1": lip_l1.item(), "kl": kl.item(), "psnr": psnr}
+
+
+def _learning_rate(config: VaeTrainConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay from `learning_rate` to `final_learning_rate`."""
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(config.max_train_steps - config.warmup_steps, 1)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return config.final_learning_rate + (config.learning_rate - config.final_learning_rate) * cosine
+
+
+@torch.no_grad()
+def latent_statistics(
+    vae: AutoencoderKLWan, frames: ClipFrames, rng: np.random.Generator, samples: int, num_frames: int
+) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the posterior means of `samples` random spans."""
+    means = []
+    for _ in range(samples):
+        video, _ = frames.sample(rng, 1, num_frames)
+        means.append(vae.encode(video).latent_dist.mean.transpose(0, 1).flatten(1))
+    stacked = torch.cat(means, dim=1)
+    return stacked.mean(dim=1).tolist(), stacked.std(dim=1).clamp(min=1e-4).tolist()
+
+
+def train_vae(
+    config: VaeTrainConfig, frames: ClipFrames | None = None
+) -> tuple[AutoencoderKLWan, list[dict]]:
+    """Train from a seeded random initialisation; saves the VAE (with latent statistics) to `output_dir`."""
+    if any((frames - 1) % 4 for _, frames in config.samples):
+        raise UserFacingError(f"frames per sample must be 1 + 4k, got {config.samples}")
+    torch.manual_seed(config.seed)
+    frames = frames or ClipFrames(config.list_file, config.size, config.max_clips)
+    vae = AutoencoderKLWan(**config.vae_config).train()
+    with torch.no_grad():  # start nearly deterministic (posterior std e^-5): unit noise would drown the signal
+        vae.quant_conv.weight[vae.config.z_dim :] = 0.0
+        vae.quant_conv.bias[vae.config.z_dim :] = -10.0
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.learning_rate, weight_decay=1e-4)
+    rng = np.random.default_rng(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    history: list[dict] = []
+    first_step, seconds = 0, 0.0
+    checkpoint = config.output_dir / "checkpoint.pt"
+    if checkpoint.is_file():  # continue an interrupted run exactly where it stopped
+        state = torch.load(checkpoint, weights_only=True)
+        vae.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = json.loads(state["numpy_rng"])
+        generator.set_state(state["torch_rng"])
+        first_step, seconds, history = state["step"], state["seconds"], json.loads(state["history"])
+    started = time.monotonic() - seconds
+    bar = tqdm(range(first_step, config.max_train_steps), desc="training VAE", unit="step",
+               initial=first_step, total=config.max_train_steps)  # fmt: skip
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(config, step)
+        video, lips = frames.sample(rng, *config.samples[step % len(config.samples)])
+        loss, parts = vae_loss(vae, video, lips, config, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), config.max_grad_norm)
+        optimizer.step()
+        if step % config.log_every == 0 or step == config.max_train_steps - 1:
+            history.append({"step": step + 1, "loss": loss.item(), **parts})
+            bar.set_postfix(psnr=f"{parts['psnr']:.1f}", lip=f"{parts['lip_l1']:.3f}")
+        if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.max_train_steps:
+            config.output_dir.mkdir(parents=True, exist_ok=True)
+            state = {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1,
+                     "numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": generator.get_state(),
+                     "seconds": time.monotonic() - started, "history": json.dumps(history)}  # fmt: skip
+            torch.save(state, checkpoint.with_suffix(".partial"))
+            checkpoint.with_suffix(".partial").replace(checkpoint)
+    vae.eval().requires_grad_(False)
+    mean, std = latent_statistics(
+        vae, frames, np.random.default_rng(config.seed + 1), config.statistics_samples, 9
+    )
+    vae.register_to_config(latents_mean=mean, latents_std=std)
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    vae.save_pretrained(config.output_dir)
+    checkpoint.unlink(missing_ok=True)
+    summary = {
+        "seconds": time.monotonic() - started,
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        "history": history,
+    }
+    (config.output_dir / "training_log.json").write_text(json.dumps(summary, indent=1))
+    return vae, history
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m wan.training.vae_trainer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--data", type=Path, required=True, help="path list of clip folders (one per line)")
+    parser.add_argument("--output", type=Path, required=True, help="folder for the trained VAE")
+    parser.add_argument("--size", type=int, default=64, help="square training size (multiple of 8)")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--max_clips", type=int, default=None, help="use only the first N clips")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    config = VaeTrainConfig(args.data, args.output, size=args.size, max_train_steps=args.steps,
+                            learning_rate=args.learning_rate, max_clips=args.max_clips, seed=args.seed)  # fmt: skip
+    _, history = train_vae(config)
+    print(f"wrote {args.output} (last PSNR {history[-1]['psnr']:.1f} dB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
