@@ -92,3 +92,51 @@ def test_step_cache_is_exact_at_zero_and_per_window_when_skipping(transformer) -
 def test_unknown_solver_is_a_clear_error() -> None:
     with pytest.raises(UserFacingError, match="unipc"):
         build_scheduler("heun")
+
+
+def test_text_and_image_keys_values_are_computed_once_per_batch_layout(transformer) -> None:
+    """Cached text/image keys and values give the uncached result, and the text/image projections run once
+    for the guidance batch and once for the single batch over a whole 3-window, 4-step video."""
+    noise = torch.randn(1, 16, 14, H, W, generator=torch.Generator().manual_seed(5))
+    args = (noise, _conditions(), _audio_for(0))
+    guidance = GuidanceScales(interval=(0.0, 0.5))  # steps 0-1 guided (batch 3), steps 2-3 single (batch 1)
+    results, projection_batches = {}, {}
+    for cached in (False, True):
+        calls: list[int] = []
+        hooks = [
+            block.attn2.to_k.register_forward_hook(
+                lambda m, inputs, o, calls=calls: calls.append(inputs[0].shape[0])
+            )
+            for block in transformer.blocks
+        ]
+        try:
+            sampler = SlidingWindowSampler(transformer, build_scheduler("unipc"), window_length=6, overlap=2,
+                                           guidance=guidance, cache_text_image=cached)  # fmt: skip
+            assert len(sampler.plan(14)) == 3
+            results[cached] = sampler(*args, num_inference_steps=4, progress=False)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        projection_batches[cached] = calls
+    blocks = len(transformer.blocks)
+    assert projection_batches[False] == [3] * blocks * 6 + [1] * blocks * 6  # every window, every step
+    assert projection_batches[True] == [3] * blocks + [1] * blocks  # first guided call, first single call
+    torch.testing.assert_close(results[True], results[False], rtol=1e-5, atol=1e-6)
+
+
+def test_a_cross_attention_cache_refuses_another_batch_layout(transformer) -> None:
+    from wan.models import CrossAttentionCache
+
+    cache = CrossAttentionCache()
+    inputs = {
+        "hidden_states": torch.randn(3, 36, 2, H, W), "timestep": torch.full((3,), 500.0),
+        "encoder_hidden_states": torch.randn(3, 5, 32), "encoder_hidden_states_image": torch.randn(3, 5, 32),
+        "audio_embeds": torch.randn(3, 8, 768), "context_cache": cache,
+    }  # fmt: skip
+    with torch.no_grad():
+        first = transformer(**inputs).sample
+        again = transformer(**inputs).sample
+        torch.testing.assert_close(again, first, rtol=0, atol=0)
+        single = {k: v[-1:] if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        with pytest.raises(ValueError, match="one cache per batch layout"):
+            transformer(**single)

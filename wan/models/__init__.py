@@ -1,5 +1,6 @@
 """Model code: the StableAvatar transformer (Wan2.1 DiT + audio adapter) and its configurations."""
 
+from .attention import CrossAttentionCache
 from .audio_adapter import StableAvatarAudioAdapter
 from .configs import STABLEAVATAR_1_3B, STABLEAVATAR_14B, TINY, config_from_reference
 from .transformer_stableavatar import StableAvatarTransformer3DModel, StableAvatarTransformerBlock
@@ -8,6 +9,7 @@ __all__ = [
     "STABLEAVATAR_1_3B",
     "STABLEAVATAR_14B",
     "TINY",
+    "CrossAttentionCache",
     "StableAvatarAudioAdapter",
     "StableAvatarTransformer3DModel",
     "StableAvatarTransformerBlock",

@@ -16,6 +16,36 @@ from torch import nn
 TEXT_SEQ_LEN = 512
 
 
+class CrossAttentionCache:
+    """Text and image keys/values of every block, kept from the first forward and reused by later ones.
+
+    Text and image tokens do not depend on the noisy latents or the timestep, so within one video (fixed
+    prompt, negative prompt and reference image) their projections are the same at every step and window.
+    The caller owns the cache and must use one per distinct batch layout (e.g. the guidance triple and
+    the single prompt batch each get their own). Entries are stored detached; training passes no cache.
+    """
+
+    def __init__(self) -> None:
+        self.blocks: list[dict[str, torch.Tensor]] = []
+        self.batch_size: int | None = None
+
+    @property
+    def filled(self) -> bool:
+        return bool(self.blocks) and all(self.blocks)
+
+    def slots(self, num_blocks: int, batch_size: int) -> list[dict[str, torch.Tensor]]:
+        """One dict per block (empty until its first forward fills it)."""
+        if self.batch_size is None:
+            self.batch_size = batch_size
+            self.blocks = [{} for _ in range(num_blocks)]
+        if (self.batch_size, len(self.blocks)) != (batch_size, num_blocks):
+            raise ValueError(
+                f"this cross-attention cache holds a batch of {self.batch_size} for {len(self.blocks)} blocks; "
+                f"got {batch_size} for {num_blocks}: use one cache per batch layout"
+            )
+        return self.blocks
+
+
 def _heads(tensor: torch.Tensor, heads: int) -> torch.Tensor:
     """`[..., L, H*D]` -> `[..., L, H, D]`."""
     return tensor.unflatten(-1, (heads, -1))
@@ -44,31 +74,29 @@ class StableAvatarCrossAttnProcessor:
         attention_mask: torch.Tensor | None = None,
         rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
         audio_hidden_states: torch.Tensor | None = None,
+        context_slot: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """
         Args:
             hidden_states: `[B, S, dim]` video tokens, S = F * tokens per frame.
-            encoder_hidden_states: `[B, 257 + 512, dim]` image tokens then text tokens.
+            encoder_hidden_states: `[B, 257 + 512, dim]` image tokens then text tokens (unused when
+                `context_slot` already holds their keys and values).
             audio_hidden_states: `[B, F, n, dim]` audio tokens per latent frame, `[B, M, dim]` for clip-level
                 audio attention (every query sees every audio token), or None for no audio path.
+            context_slot: this block's entry of a `CrossAttentionCache`: read when filled, filled otherwise.
         Returns:
             `[B, S, dim]`.
         """
-        image_len = encoder_hidden_states.shape[1] - TEXT_SEQ_LEN
-        image_states = encoder_hidden_states[:, :image_len]
-        text_states = encoder_hidden_states[:, image_len:]
         batch, seq_len, _ = hidden_states.shape
         heads = attn.heads
+        context = context_slot if context_slot else self._context_keys_values(attn, encoder_hidden_states)
+        if context_slot is not None and not context_slot:
+            context_slot.update({name: tensor.detach() for name, tensor in context.items()})
 
         query = _heads(attn.norm_q(attn.to_q(hidden_states)), heads)
-        key = _heads(attn.norm_k(attn.to_k(text_states)), heads)
-        value = _heads(attn.to_v(text_states), heads)
-        out = self._attend(query, key, value)
-
-        if attn.add_k_proj is not None and image_len > 0:
-            key_img = _heads(attn.norm_added_k(attn.add_k_proj(image_states)), heads)
-            value_img = _heads(attn.add_v_proj(image_states), heads)
-            out = out + self._attend(query, key_img, value_img)
+        out = self._attend(query, context["text_key"], context["text_value"])
+        if "image_key" in context:
+            out = out + self._attend(query, context["image_key"], context["image_value"])
 
         if audio_hidden_states is not None and seq_len > 0:  # a sequence-parallel share may hold no frames
             key_audio = _heads(attn.to_k_audio(audio_hidden_states), heads)
@@ -86,6 +114,22 @@ class StableAvatarCrossAttnProcessor:
 
         out = attn.to_out[0](out)
         return attn.to_out[1](out)
+
+    @staticmethod
+    def _context_keys_values(attn: StableAvatarCrossAttention, encoder_hidden_states: torch.Tensor
+                             ) -> dict[str, torch.Tensor]:  # fmt: skip
+        """Keys/values `[B, L, heads, head_dim]` of the text tokens and (when present) the image tokens."""
+        image_len = encoder_hidden_states.shape[1] - TEXT_SEQ_LEN
+        text_states = encoder_hidden_states[:, image_len:]
+        context = {
+            "text_key": _heads(attn.norm_k(attn.to_k(text_states)), attn.heads),
+            "text_value": _heads(attn.to_v(text_states), attn.heads),
+        }
+        if attn.add_k_proj is not None and image_len > 0:
+            image_states = encoder_hidden_states[:, :image_len]
+            context["image_key"] = _heads(attn.norm_added_k(attn.add_k_proj(image_states)), attn.heads)
+            context["image_value"] = _heads(attn.add_v_proj(image_states), attn.heads)
+        return context
 
 
 class StableAvatarCrossAttention(WanAttention):

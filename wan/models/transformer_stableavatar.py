@@ -23,7 +23,7 @@ from diffusers.models.transformers.transformer_wan import (
 from diffusers.utils.torch_utils import maybe_allow_in_graph
 from torch import nn
 
-from .attention import TEXT_SEQ_LEN, StableAvatarCrossAttention
+from .attention import TEXT_SEQ_LEN, CrossAttentionCache, StableAvatarCrossAttention
 from .audio_adapter import StableAvatarAudioAdapter
 from .audio_alignment import DEFAULT_WINDOW_PADDING, split_audio_tokens_per_frame
 from .sequence_parallel import SequenceParallel, SequenceParallelSelfAttnProcessor
@@ -56,6 +56,7 @@ class StableAvatarTransformerBlock(nn.Module):
         temb: torch.Tensor,
         rotary_emb: tuple[torch.Tensor, torch.Tensor],
         audio_hidden_states: torch.Tensor | None,
+        context_slot: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -64,6 +65,7 @@ class StableAvatarTransformerBlock(nn.Module):
             temb: `[B, 6, dim]` timestep projection.
             rotary_emb: cos/sin, each `[1, S, 1, head_dim]`.
             audio_hidden_states: `[B, F, n, dim]` (frame-local) or `[B, M, dim]` (clip-level) or None.
+            context_slot: this block's text/image keys and values (see `CrossAttentionCache`), or None.
         """
         shift_msa, scale_msa, gate_msa, c_shift, c_scale, c_gate = (
             self.scale_shift_table + temb.float()
@@ -74,7 +76,12 @@ class StableAvatarTransformerBlock(nn.Module):
         hidden_states = (hidden_states.float() + attn_out * gate_msa).type_as(hidden_states)
 
         norm_hidden = self.norm2(hidden_states.float()).type_as(hidden_states)
-        attn_out = self.attn2(norm_hidden, encoder_hidden_states, audio_hidden_states=audio_hidden_states)
+        attn_out = self.attn2(
+            norm_hidden,
+            encoder_hidden_states,
+            audio_hidden_states=audio_hidden_states,
+            context_slot=context_slot,
+        )
         hidden_states = hidden_states + attn_out
 
         norm_hidden = (self.norm3(hidden_states.float()) * (1 + c_scale) + c_shift).type_as(hidden_states)
@@ -188,6 +195,19 @@ class StableAvatarTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, 
             self.config.attention_head_dim, self.config.patch_size, self.config.rope_max_seq_len
         ).to(self.patch_embedding.weight.device)
 
+    def _embed_timestep(
+        self, timestep: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`temb` `[B, dim]` and the flat modulation projection `[B, 6 * dim]`, as the condition embedder
+        computes them (without its text and image embedders)."""
+        embedder = self.condition_embedder
+        projected = embedder.timesteps_proj(timestep)
+        embedder_dtype = next(iter(embedder.time_embedder.parameters())).dtype
+        if projected.dtype != embedder_dtype and embedder_dtype != torch.int8:
+            projected = projected.to(embedder_dtype)
+        temb = embedder.time_embedder(projected).to(dtype)
+        return temb, embedder.time_proj(embedder.act_fn(temb))
+
     def encode_audio(
         self,
         audio_embeds: torch.Tensor,
@@ -235,6 +255,7 @@ class StableAvatarTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, 
         audio_guidance_triple: bool | None = None,
         clip_level_audio: bool = False,
         audio_context: torch.Tensor | None = None,
+        context_cache: CrossAttentionCache | None = None,
         return_dict: bool = True,
         attention_kwargs: dict[str, Any] | None = None,
     ) -> Transformer2DModelOutput | tuple[torch.Tensor]:
@@ -251,6 +272,8 @@ class StableAvatarTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, 
                 [no audio, audio, audio] (what the published model does); False -> independent samples.
             clip_level_audio: every video token attends to all of the clip's audio tokens.
             audio_context: a precomputed audio context (from `encode_audio`) to use instead of `audio_embeds`.
+            context_cache: text/image keys and values kept across calls with the same text and image
+                (filled by the first call; see `CrossAttentionCache`). Inference only.
         Returns:
             `[B, 16, F, H, W]` in `sample`.
         """
@@ -268,13 +291,19 @@ class StableAvatarTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, 
         text_len = encoder_hidden_states.shape[1]
         if text_len > TEXT_SEQ_LEN:
             raise ValueError(f"text embeddings have {text_len} tokens; at most {TEXT_SEQ_LEN} are supported")
-        encoder_hidden_states = F.pad(encoder_hidden_states, (0, 0, 0, TEXT_SEQ_LEN - text_len))
-        temb, timestep_proj, encoder_hidden_states, image_states = self.condition_embedder(
-            timestep, encoder_hidden_states, encoder_hidden_states_image
-        )
+        context_slots = context_cache.slots(len(self.blocks), batch) if context_cache is not None else None
+        if context_cache is not None and context_cache.filled:
+            # The blocks read the text/image keys and values from the cache: only the timestep is embedded.
+            temb, timestep_proj = self._embed_timestep(timestep, encoder_hidden_states.dtype)
+            encoder_hidden_states = None
+        else:
+            encoder_hidden_states = F.pad(encoder_hidden_states, (0, 0, 0, TEXT_SEQ_LEN - text_len))
+            temb, timestep_proj, encoder_hidden_states, image_states = self.condition_embedder(
+                timestep, encoder_hidden_states, encoder_hidden_states_image
+            )
+            if image_states is not None:
+                encoder_hidden_states = torch.cat([image_states, encoder_hidden_states], dim=1)
         timestep_proj = timestep_proj.unflatten(1, (6, -1))
-        if image_states is not None:
-            encoder_hidden_states = torch.cat([image_states, encoder_hidden_states], dim=1)
 
         if audio_context is None:
             audio_context = self.encode_audio(
@@ -303,8 +332,9 @@ class StableAvatarTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, 
             if not clip_level_audio:
                 audio_context = audio_context[:, first:last]
 
-        for block in self.blocks:
-            args = (hidden_states, encoder_hidden_states, timestep_proj, rotary_emb, audio_context)
+        for index, block in enumerate(self.blocks):
+            slot = context_slots[index] if context_slots is not None else None
+            args = (hidden_states, encoder_hidden_states, timestep_proj, rotary_emb, audio_context, slot)
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 hidden_states = self._gradient_checkpointing_func(block, *args)
             else:

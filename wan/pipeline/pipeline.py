@@ -117,6 +117,7 @@ class StableAvatarPipeline(DiffusionPipeline):
         callback: ProgressCallback | None = None,
         output_type: str = "mp4",
         progress: bool = True,
+        cache_text_image: bool = True,
     ) -> StableAvatarOutput:
         """Generate the video.
 
@@ -139,6 +140,7 @@ class StableAvatarPipeline(DiffusionPipeline):
             frames_dir: also save every frame as PNG here.
             callback: called after every window step with (step, window, steps, windows).
             output_type: 'mp4' (needs output_path) or 'latent' (returns the latents, writes nothing).
+            cache_text_image: compute the text/image keys and values once per video (same result, less work).
         """
         started = time.monotonic()
         self._check_settings(height, width, clip_length, overlap, fps, output_type, output_path)
@@ -176,6 +178,7 @@ class StableAvatarPipeline(DiffusionPipeline):
                 text=text_guidance_scale, audio=audio_guidance_scale, interval=tuple(guidance_interval)
             ),
             device=device,
+            cache_text_image=cache_text_image,
         )
         latents = sampler(
             noise,

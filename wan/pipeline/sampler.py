@@ -15,7 +15,7 @@ import torch
 from diffusers import SchedulerMixin
 from tqdm.auto import tqdm
 
-from ..models import StableAvatarTransformer3DModel
+from ..models import CrossAttentionCache, StableAvatarTransformer3DModel
 from .windows import Window, blend_weights, plan_windows
 
 # Called after every window step as callback(step_index, window_index, num_steps, num_windows).
@@ -72,6 +72,8 @@ class SlidingWindowSampler:
         weighting: 'uniform' or 'log' blending across the overlap.
         guidance: text and audio guidance scales.
         device: where the transformer runs; the video's latent state stays on the CPU.
+        cache_text_image: compute the text and image keys/values of every block once per video (one set for
+            the guidance batch, one for the single batch) instead of at every step and window; same result.
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class SlidingWindowSampler:
         weighting: str = "uniform",
         guidance: GuidanceScales | None = None,
         device: torch.device | str = "cpu",
+        cache_text_image: bool = True,
     ) -> None:
         blend_weights(2, weighting)  # validates the scheme name early
         self.transformer = transformer
@@ -92,6 +95,7 @@ class SlidingWindowSampler:
         self.weighting = weighting
         self.guidance = guidance or GuidanceScales()
         self.device = torch.device(device)
+        self.cache_text_image = cache_text_image
 
     def plan(self, num_latent_frames: int) -> list[Window]:
         return plan_windows(num_latent_frames, self.window_length, self.overlap)
@@ -122,6 +126,7 @@ class SlidingWindowSampler:
         window_schedulers = [copy.deepcopy(self.scheduler) for _ in windows]
         audio_cache: dict[Window, torch.Tensor] = {}
         text, image = self._batched_text_and_image(conditions)
+        context_caches = {True: CrossAttentionCache(), False: CrossAttentionCache()}
         dtype = self.transformer.dtype
 
         bar = tqdm(total=len(timesteps) * len(windows), desc="denoising", unit="window", disable=not progress)
@@ -145,6 +150,7 @@ class SlidingWindowSampler:
                         window,
                         dtype,
                         guided,
+                        context_caches[guided] if self.cache_text_image else None,
                     )
                 latents = window_schedulers[window_index].step(
                     prediction, timestep, latents, return_dict=False
@@ -192,6 +198,7 @@ class SlidingWindowSampler:
         window: Window,
         dtype: torch.dtype,
         guided: bool,
+        context_cache: CrossAttentionCache | None = None,
     ) -> torch.Tensor:
         """The (guided) flow prediction `[1, 16, F, h, w]` (float32) for one window."""
         batch = 3 if guided else 1
@@ -208,6 +215,7 @@ class SlidingWindowSampler:
             audio_embeds=audio,
             num_video_frames=4 * (window.length - 1) + 1,
             audio_guidance_triple=batch == 3,
+            context_cache=context_cache,
         ).sample.float()
         if batch == 1:
             return output

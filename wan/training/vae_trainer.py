@@ -64,6 +64,7 @@ class VaeTrainConfig:
     checkpoint_every: int = 250
     statistics_samples: int = 64
     vae_config: dict = field(default_factory=lambda: dict(SMALL_VAE_CONFIG))
+    init_from: Path | None = None  # a saved VAE folder to continue from (a second stage with a new schedule)
 
 
 class ClipFrames:
@@ -179,10 +180,13 @@ def train_vae(
         raise UserFacingError(f"frames per sample must be 1 + 4k, got {config.samples}")
     torch.manual_seed(config.seed)
     frames = frames or ClipFrames(config.list_file, config.size, config.max_clips)
-    vae = AutoencoderKLWan(**config.vae_config).train()
-    with torch.no_grad():  # start nearly deterministic (posterior std e^-5): unit noise would drown the signal
-        vae.quant_conv.weight[vae.config.z_dim :] = 0.0
-        vae.quant_conv.bias[vae.config.z_dim :] = -10.0
+    if config.init_from is not None:
+        vae = AutoencoderKLWan.from_pretrained(config.init_from).train().requires_grad_(True)
+    else:
+        vae = AutoencoderKLWan(**config.vae_config).train()
+        with torch.no_grad():  # start nearly deterministic (posterior std e^-5): unit noise would drown the signal
+            vae.quant_conv.weight[vae.config.z_dim :] = 0.0
+            vae.quant_conv.bias[vae.config.z_dim :] = -10.0
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.learning_rate, weight_decay=1e-4)
     rng = np.random.default_rng(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
