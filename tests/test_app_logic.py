@@ -112,6 +112,22 @@ def test_model_discovery(tmp_path) -> None:
     assert len(choices) == 3  # the demo is not listed twice, and the tiny model is not offered beside it
 
 
+def test_a_model_folder_recommends_its_own_settings(tmp_path) -> None:
+    from wan.generation_settings import PUBLISHED_SETTINGS, save_recommended_settings
+
+    _converted(tmp_path / "demo")
+    _converted(tmp_path / "released")
+    save_recommended_settings(tmp_path / "demo", {"height": 64, "width": 64, "num_inference_steps": 10})
+    demo, released = discover_models(tmp_path)
+    assert demo.settings() == {**PUBLISHED_SETTINGS, "height": 64, "width": 64, "num_inference_steps": 10}
+    assert released.settings() == PUBLISHED_SETTINGS  # no settings file: the published ones
+    assert logic.size_choice(64, 64) == logic.CUSTOM_SIZE
+    assert logic.size_choice(480, 832) == "480x832 (portrait)"
+    (tmp_path / "demo" / "generation_settings.json").write_text('{"steps": 3}')
+    with pytest.raises(UserFacingError, match="unknown settings"):
+        demo.settings()
+
+
 def test_only_listed_models_can_be_chosen(tmp_path) -> None:
     _converted(tmp_path / "m")
     choices = discover_models(tmp_path)

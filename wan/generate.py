@@ -112,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="euler",
         help="; ".join(f"{k}: {v}" for k, v in SOLVERS.items()),
     )
-    sampling.add_argument("--sample_shift", type=float, default=5.0, help="flow-matching schedule shift")
+    sampling.add_argument("--sample_shift", type=float, default=None,
+                          help="flow-matching schedule shift (default: the model folder's own, 5.0 for the released "
+                          "model, 3.0 for the demo model)")  # fmt: skip
     sampling.add_argument(
         "--guidance_interval",
         type=float,
@@ -273,7 +275,12 @@ def main(argv: list[str] | None = None) -> int:
         else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     )
     pipeline = load_pipeline(args, dtype)
-    pipeline.scheduler = build_scheduler(args.sample_solver, args.sample_shift)
+    shift = (
+        args.sample_shift
+        if args.sample_shift is not None
+        else pipeline.scheduler.config.get("shift", pipeline.scheduler.config.get("flow_shift", 5.0))
+    )
+    pipeline.scheduler = build_scheduler(args.sample_solver, shift)
     if args.attention_backend:
         pipeline.transformer.set_attention_backend(args.attention_backend)
     if args.enable_teacache:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserFacingError
+from ..generation_settings import recommended_settings
 
 SIZE_MULTIPLE = 16
 MIN_SIDE = 16
@@ -101,6 +102,15 @@ class ModelChoice:
     @property
     def is_random(self) -> bool:
         return self.path is None
+
+    def settings(self) -> dict[str, float | int]:
+        """The size, steps, guidance and windows this model was made for (the published ones by default)."""
+        return recommended_settings(self.path)
+
+
+def size_choice(width: int, height: int) -> str:
+    """The size preset label for (width, height), or `CUSTOM_SIZE`."""
+    return next((label for label, size in SIZE_PRESETS.items() if size == (width, height)), CUSTOM_SIZE)
 
 
 def discover_models(checkpoints_dir: str | Path) -> list[ModelChoice]:

@@ -29,6 +29,7 @@ from .logic import (
     fit_to_image,
     make_settings,
     resolve_audio,
+    size_choice,
     user_message,
 )
 from .runner import Cancelled, Runner
@@ -55,6 +56,17 @@ def _model_banner(key: str, runner: Runner, **options) -> gr.Markdown:
     """The warning shown while the tiny random model is chosen (a new component, or an update)."""
     random = any(c.key == key and c.is_random for c in runner.models)
     return gr.Markdown(RANDOM_MODEL_NOTE if random else "", visible=random, **options)
+
+
+def _model_settings(key: str, runner: Runner) -> tuple:
+    """New values for (size preset, custom row, width, height, steps, text and audio guidance, clip length,
+    overlap): what the chosen model was made for."""
+    settings = next(c for c in runner.models if c.key == key).settings()
+    width, height = int(settings["width"]), int(settings["height"])
+    preset = size_choice(width, height)
+    return (preset, gr.Row(visible=preset == CUSTOM_SIZE), width, height, settings["num_inference_steps"],
+            settings["text_guidance_scale"], settings["audio_guidance_scale"], settings["clip_length"],
+            settings["overlap"])  # fmt: skip
 
 
 def _page_error(error: Exception) -> gr.Error:
@@ -96,6 +108,8 @@ def build_ui(runner: Runner) -> gr.Blocks:
             "talking or singing, as long as the audio, with the audio in the mp4."
         )
         banner = _model_banner(models[0].key, runner, elem_id="model-banner")
+        initial = models[0].settings()
+        initial_size = (int(initial["width"]), int(initial["height"]))
         with gr.Row(equal_height=False):
             with gr.Column(scale=1):
                 image = gr.Image(
@@ -158,27 +172,41 @@ def build_ui(runner: Runner) -> gr.Blocks:
                 )
                 preset = gr.Radio(
                     [*SIZE_PRESETS, CUSTOM_SIZE],
-                    value=next(iter(SIZE_PRESETS)),
+                    value=size_choice(*initial_size),
                     label="Size (width x height)",
                     elem_id="size-preset",
                 )
-                with gr.Row(visible=False, equal_height=True) as custom_row:
+                with gr.Row(
+                    visible=size_choice(*initial_size) == CUSTOM_SIZE, equal_height=True
+                ) as custom_row:
                     side = {"minimum": MIN_SIDE, "maximum": MAX_SIDE, "step": SIZE_MULTIPLE, "precision": 0}
-                    width = gr.Number(512, label="Width", elem_id="width", **side)
-                    height = gr.Number(512, label="Height", elem_id="height", **side)
+                    width = gr.Number(initial_size[0], label="Width", elem_id="width", **side)
+                    height = gr.Number(initial_size[1], label="Height", elem_id="height", **side)
                     fit = gr.Button("Fit to image", elem_id="fit-to-image")
                 with gr.Row():
-                    steps = gr.Slider(1, MAX_STEPS, value=50, step=1, label="Steps", elem_id="steps")
+                    steps = gr.Slider(
+                        1,
+                        MAX_STEPS,
+                        value=initial["num_inference_steps"],
+                        step=1,
+                        label="Steps",
+                        elem_id="steps",
+                    )
                     seed = gr.Number(-1, label="Seed (-1 = random)", precision=0, elem_id="seed")
                 with gr.Accordion("More settings", open=False):
                     with gr.Row():
                         text_guidance = gr.Slider(
-                            0, 10, value=3.0, step=0.5, label="Text guidance", elem_id="text-guidance"
+                            0,
+                            10,
+                            value=initial["text_guidance_scale"],
+                            step=0.5,
+                            label="Text guidance",
+                            elem_id="text-guidance",
                         )
                         audio_guidance = gr.Slider(
                             0,
                             10,
-                            value=5.0,
+                            value=initial["audio_guidance_scale"],
                             step=0.5,
                             label="Audio guidance",
                             info="Higher: tighter lip sync",
@@ -186,10 +214,16 @@ def build_ui(runner: Runner) -> gr.Blocks:
                         )
                     with gr.Row():
                         clip_length = gr.Number(
-                            81, label="Clip length (frames, 4k+1)", precision=0, elem_id="clip-length"
+                            initial["clip_length"],
+                            label="Clip length (frames, 4k+1)",
+                            precision=0,
+                            elem_id="clip-length",
                         )
                         overlap = gr.Number(
-                            5, label="Overlap (latent frames)", precision=0, elem_id="overlap"
+                            initial["overlap"],
+                            label="Overlap (latent frames)",
+                            precision=0,
+                            elem_id="overlap",
                         )
                         weighting = gr.Radio(
                             list(WEIGHTING_SCHEMES),
@@ -224,6 +258,12 @@ def build_ui(runner: Runner) -> gr.Blocks:
 
         private = {"api_visibility": "private", "queue": False}
         model.change(lambda key: _model_banner(key, runner), model, banner, **private)
+        model.change(
+            lambda key: _model_settings(key, runner),
+            model,
+            [preset, custom_row, width, height, steps, text_guidance, audio_guidance, clip_length, overlap],
+            **private,
+        )
         preset.change(_on_preset, preset, [custom_row, width, height], **private)
         audio_source.change(
             lambda s: (gr.Audio(visible=s == AUDIO_FROM_AUDIO), gr.Video(visible=s == AUDIO_FROM_VIDEO)),

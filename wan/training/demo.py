@@ -8,7 +8,8 @@ follow the audio. One seed (`--seed`, default 1) fixes the data and every initia
 skipped when its output already exists (so an interrupted run continues where it stopped):
 
   data        synthetic clips (4 s, 128x128; clip i has seed seed * 100003 + i) in talking_face_data layout
-  vae         AutoencoderKLWan (16 latent channels, 8x spatial, 4x temporal) trained as an autoencoder at 64x64
+  vae         AutoencoderKLWan (16 latent channels, 8x spatial, 4x temporal) trained as an autoencoder at 64x64,
+              in two runs: from scratch, then continued with a lower learning rate and lip weight
   precompute  the frozen encoders' outputs for windows of 33 frames (wan.training.encode.EncodedBatch files)
   dit         the transformer (with the audio adapter) trained by wan.training.trainer on those features
   assemble    StableAvatarPipeline.save_pretrained(--output), float32 safetensors
@@ -40,6 +41,7 @@ from transformers import (
 )
 
 from ..cli import run_cli
+from ..generation_settings import save_recommended_settings
 from ..models import STABLEAVATAR_1_3B, StableAvatarTransformer3DModel
 from ..pipeline.conditioning import DEFAULT_NEGATIVE_PROMPT
 from ..pipeline.pipeline import StableAvatarPipeline
@@ -255,10 +257,15 @@ def run(args: argparse.Namespace) -> None:
     list_file = work / "data" / "video_square_path.txt"
     if "data" in wanted:
         timed("data", lambda: make_data(work / "data", args.num_clips, args.clip_seconds, seed))
-    vae_dir = work / "vae"
+    vae_dir, first_vae_dir = work / "vae", work / "vae_stage1"
+    if "vae" in wanted and not (first_vae_dir / "config.json").is_file():
+        config = VaeTrainConfig(list_file, first_vae_dir, size=DEMO_SIZE, max_train_steps=args.vae_steps,
+                                max_clips=args.vae_clips, seed=seed)  # fmt: skip
+        timed("vae", lambda: train_vae(config))
     if "vae" in wanted and not (vae_dir / "config.json").is_file():
         config = VaeTrainConfig(list_file, vae_dir, size=DEMO_SIZE, max_train_steps=args.vae_steps,
-                                max_clips=args.vae_clips, seed=seed)  # fmt: skip
+                                learning_rate=5e-4, final_learning_rate=5e-5, warmup_steps=50, lip_weight=3.0,
+                                max_clips=args.vae_clips, seed=seed + 1, init_from=first_vae_dir)  # fmt: skip
         timed("vae", lambda: train_vae(config))
     if not any(stage in wanted for stage in ("precompute", "dit", "assemble")):
         return
@@ -277,6 +284,7 @@ def run(args: argparse.Namespace) -> None:
         pipe.transformer = StableAvatarTransformer3DModel.from_pretrained(weights).eval()
         pipe.register_modules(transformer=pipe.transformer)
         timed("assemble", lambda: pipe.save_pretrained(args.output, safe_serialization=True))
+        save_recommended_settings(args.output, demo_generation_settings())
         (args.output / "training_report.json").write_text(json.dumps(report, indent=1))
         print(f"wrote the demo model to {args.output}")
 
@@ -297,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--num_clips", type=int, default=600, help="synthetic identities (one clip each)")
     parser.add_argument("--clip_seconds", type=float, default=4.0)
-    parser.add_argument("--vae_steps", type=int, default=3000)
+    parser.add_argument("--vae_steps", type=int, default=3000, help="steps of each of the two VAE runs")
     parser.add_argument("--vae_clips", type=int, default=300, help="clips the VAE trains on")
     parser.add_argument("--samples_per_clip", type=int, default=3, help="cached windows per clip")
     parser.add_argument("--dit_steps", type=int, default=6000)
