@@ -54,11 +54,14 @@ def main() -> None:
             return sampler(noise, conditions, audio, num_inference_steps=3, progress=False)
 
         video_single = sample()
-        transformer.enable_sequence_parallel()
         seen = []
         transformer.blocks[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[1]))
-        errors = {f"{b}x{f}": relative(transformer(**inputs(b, f)).sample, single[(b, f)]) for b, f in cases}
-        errors["sampler"] = relative(sample(), video_single)
+        errors = {}
+        for mode in ("ulysses", "ring", "all-gather"):  # all-gather last: the FSDP check below runs with it
+            transformer.enable_sequence_parallel(mode=mode)
+            for b, f in cases:
+                errors[f"{mode} {b}x{f}"] = relative(transformer(**inputs(b, f)).sample, single[(b, f)])
+            errors[f"{mode} sampler"] = relative(sample(), video_single)
         total = local_parameter_count(transformer)
         shard_transformer(transformer, "cpu")
         errors["sharded"] = relative(transformer(**inputs(*cases[0])).sample, single[cases[0]])

@@ -59,7 +59,8 @@ def test_published_checkpoint_flags_load_the_downloaded_layout(tmp_path) -> None
         ([*_inputs()], "no model given"),
         (["--model_dir", "/nonexistent", *_inputs()], "not a converted model folder"),
         (["--random_tiny_model", *_inputs(), "--width", "100"], "multiples of 16"),
-        (["--random_tiny_model", *_inputs(), "--ulysses_degree", "2"], "not implemented"),
+        (["--random_tiny_model", *_inputs(), "--ulysses_degree", "2"], "need torchrun"),
+        (["--random_tiny_model", *_inputs(), "--ulysses_degree", "2", "--ring_degree", "2"], "cannot both be above 1"),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, args, message, monkeypatch) -> None:

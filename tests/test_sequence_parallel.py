@@ -1,4 +1,5 @@
-"""Sequence-parallel inference on two real gloo processes equals one process (transformer and sampler)."""
+"""Sequence-parallel inference (all-gather, Ulysses, ring) on two real gloo processes equals one process
+(transformer and sampler)."""
 
 from __future__ import annotations
 
@@ -22,12 +23,13 @@ def test_two_processes_compute_what_one_does(tmp_path) -> None:
     # Frames split 2/1, 3/3 and 1/0 (6 tokens per latent frame): each process really held only its share.
     assert [r["local_tokens"] for r in ranks] == [[12, 18, 6], [6, 18, 0]]
     for rank in ranks:
+        assert len(rank["errors"]) == 3 * 4 + 1  # 3 modes x (3 forwards + a sampling run) + FSDP
         assert all(error <= 1e-5 for error in rank["errors"].values()), rank["errors"]
         assert 0.45 < rank["parameter_share"] < 0.55  # FSDP: each process keeps about half the weights
 
 
 def test_inference_cli_under_torchrun_writes_one_video(tmp_path) -> None:
-    command = [*TORCHRUN, "inference.py", "--sequence_parallel", "--fsdp_dit", "--random_tiny_model",
+    command = [*TORCHRUN, "inference.py", "--ring_degree", "2", "--fsdp_dit", "--random_tiny_model",
                "--validation_reference_path", "examples/case-1/reference.png",
                "--validation_driven_audio_path", "examples/case-1/audio.wav", "--width", "32", "--height", "32",
                "--sample_steps", "1", "--clip_sample_n_frames", "21", "--overlap_window_length", "2",

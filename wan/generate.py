@@ -167,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--sequence_parallel",
         action="store_true",
         help="share each transformer forward between the processes of torchrun --nproc_per_node N "
-        "(one GPU each; gloo on CPU), split by latent frames; rank 0 writes the video",
+        "(one GPU each; gloo on CPU), split by latent frames, all-gathering keys/values (see also "
+        "--ulysses_degree, --ring_degree); rank 0 writes the video",
     )
     runtime.add_argument(
         "--fsdp_dit",
@@ -179,15 +180,46 @@ def build_parser() -> argparse.ArgumentParser:
         "--ulysses_degree",
         type=int,
         default=1,
-        help="published Ulysses degree; only 1 (use --sequence_parallel under torchrun)",
+        help="Ulysses sequence parallelism across the torchrun processes (all-to-all over attention heads): "
+        "equal to --nproc_per_node, which must divide the heads (12 for 1.3B, 40 for 14B)",
     )
     published.add_argument(
         "--ring_degree",
         type=int,
         default=1,
-        help="published ring degree; only 1 (use --sequence_parallel under torchrun)",
+        help="ring sequence parallelism across the torchrun processes (keys/values passed around the ring): "
+        "equal to --nproc_per_node",
     )
     return parser
+
+
+def sequence_parallel_mode(args: argparse.Namespace) -> str | None:
+    """'ulysses', 'ring' or 'all-gather' from the flags, or None without sequence parallelism."""
+    for name in ("ulysses_degree", "ring_degree"):
+        if getattr(args, name) < 1:
+            raise UserFacingError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.ulysses_degree > 1 and args.ring_degree > 1:
+        raise UserFacingError(
+            "--ulysses_degree and --ring_degree cannot both be above 1 (hybrid Ulysses x ring is not "
+            "implemented); set one of them to the number of processes"
+        )
+    if args.ulysses_degree > 1:
+        return "ulysses"
+    if args.ring_degree > 1:
+        return "ring"
+    return "all-gather" if args.sequence_parallel else None
+
+
+def check_parallel_degrees(args: argparse.Namespace) -> None:
+    """A Ulysses or ring degree must equal the number of torchrun processes."""
+    world = torch.distributed.get_world_size()
+    for name in ("ulysses_degree", "ring_degree"):
+        degree = getattr(args, name)
+        if degree > 1 and degree != world:
+            raise UserFacingError(
+                f"--{name} {degree} must equal the number of processes ({world}): "
+                f"torchrun --nproc_per_node {degree} inference.py ..."
+            )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -207,7 +239,8 @@ def init_distributed(device: torch.device) -> tuple[torch.device, bool]:
 
     if "RANK" not in os.environ:
         raise UserFacingError(
-            "--sequence_parallel needs torchrun: torchrun --nproc_per_node N inference.py ..."
+            "--sequence_parallel, --ulysses_degree, --ring_degree and --fsdp_dit need torchrun: "
+            "torchrun --nproc_per_node N inference.py ..."
         )
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -257,18 +290,15 @@ def _load_base_pipeline(args: argparse.Namespace, dtype: torch.dtype) -> StableA
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.ulysses_degree != 1 or args.ring_degree != 1:
-        raise UserFacingError(
-            "--ulysses_degree/--ring_degree > 1 are not implemented; launch with torchrun --nproc_per_node N "
-            "inference.py --sequence_parallel instead"
-        )
+    parallel_mode = sequence_parallel_mode(args)
     for path in (args.validation_reference_path, args.validation_driven_audio_path):
         if not path.is_file():
             raise UserFacingError(f"input file not found: {path}")
     device = resolve_device(args.device)
     is_main = True
-    if args.sequence_parallel or args.fsdp_dit:
+    if parallel_mode or args.fsdp_dit:
         device, is_main = init_distributed(device)
+        check_parallel_degrees(args)
     dtype = (
         parse_dtype(args.dtype)
         if args.dtype
@@ -290,8 +320,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.compile:
         pipeline.transformer.compile_repeated_blocks(fullgraph=False)
     apply_memory_mode(pipeline, args.GPU_memory_mode, device, dtype)
-    if args.sequence_parallel:
-        pipeline.transformer.enable_sequence_parallel()
+    if parallel_mode:
+        try:
+            pipeline.transformer.enable_sequence_parallel(mode=parallel_mode)
+        except ValueError as error:
+            raise UserFacingError(str(error)) from None
     if args.fsdp_dit:
         shard_transformer(pipeline.transformer, device.type)
 

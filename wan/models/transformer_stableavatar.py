@@ -26,7 +26,7 @@ from torch import nn
 from .attention import TEXT_SEQ_LEN, CrossAttentionCache, StableAvatarCrossAttention
 from .audio_adapter import StableAvatarAudioAdapter
 from .audio_alignment import DEFAULT_WINDOW_PADDING, split_audio_tokens_per_frame
-from .sequence_parallel import SequenceParallel, SequenceParallelSelfAttnProcessor
+from .sequence_parallel import SEQUENCE_PARALLEL_MODES, SequenceParallel, SequenceParallelSelfAttnProcessor
 
 
 @maybe_allow_in_graph
@@ -182,10 +182,28 @@ class StableAvatarTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, 
         self.gradient_checkpointing = False
         self.sequence_parallel: SequenceParallel | None = None
 
-    def enable_sequence_parallel(self, group: torch.distributed.ProcessGroup | None = None) -> None:
+    def enable_sequence_parallel(
+        self, group: torch.distributed.ProcessGroup | None = None, mode: str = "all-gather"
+    ) -> None:
         """Share every forward between the processes of `group` (default: all); see sequence_parallel.py.
-        Every process must call the model with the same inputs; each gets the whole output."""
-        self.sequence_parallel = SequenceParallel(group)
+        Every process must call the model with the same inputs; each gets the whole output.
+
+        Args:
+            mode: how self-attention sees the other processes' tokens: 'all-gather', 'ulysses' (the heads
+                must divide by the number of processes) or 'ring'.
+        """
+        if mode not in SEQUENCE_PARALLEL_MODES:
+            raise ValueError(
+                f"unknown sequence-parallel mode {mode!r}; choose one of {SEQUENCE_PARALLEL_MODES}"
+            )
+        parallel = SequenceParallel(group, mode=mode)
+        heads = self.config.num_attention_heads
+        if mode == "ulysses" and heads % parallel.world_size:
+            raise ValueError(
+                f"Ulysses splits the {heads} attention heads between processes: {parallel.world_size} processes "
+                f"do not divide them; use a divisor of {heads}, or the ring mode"
+            )
+        self.sequence_parallel = parallel
         for block in self.blocks:
             block.attn1.set_processor(SequenceParallelSelfAttnProcessor(self.sequence_parallel))
 
