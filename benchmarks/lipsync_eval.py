@@ -160,10 +160,14 @@ def seam_statistics(changes: np.ndarray, seams: list[int]) -> dict:
 
 # ---- generation ---------------------------------------------------------------------------------------
 def read_frames(folder: Path) -> np.ndarray:
-    return np.stack([np.asarray(Image.open(path).convert("RGB")) for path in sorted(folder.glob("frame_*.png"))])
+    return np.stack(
+        [np.asarray(Image.open(path).convert("RGB")) for path in sorted(folder.glob("frame_*.png"))]
+    )
 
 
-def generate(pipe, reference: Path, audio: np.ndarray, folder: Path, settings: dict) -> tuple[np.ndarray, float]:
+def generate(
+    pipe, reference: Path, audio: np.ndarray, folder: Path, settings: dict
+) -> tuple[np.ndarray, float]:
     """Frames `[T, H, W, 3]` uint8 of the pipeline's video (also written as `folder/video.mp4`), seconds."""
     started = time.monotonic()
     pipe(reference, audio, prompt="The protagonist is talking", output_path=folder / "video.mp4",
@@ -171,11 +175,23 @@ def generate(pipe, reference: Path, audio: np.ndarray, folder: Path, settings: d
     return read_frames(folder / "frames"), time.monotonic() - started
 
 
-def evaluate(model_dir: Path, output: Path, settings: dict, seconds: float = 10.0, identity_seconds: float = 60.0) -> dict:
+def evaluate(
+    model_dir: Path, output: Path, settings: dict, seconds: float = 10.0, identity_seconds: float = 60.0
+) -> dict:
+    """Load the pipeline of `model_dir` (float32) and `evaluate_pipeline` it."""
     import torch
 
-    from wan.media import load_audio
     from wan.pipeline import StableAvatarPipeline
+
+    pipe = StableAvatarPipeline.from_pretrained(model_dir, dtype=torch.float32)
+    return evaluate_pipeline(pipe, output, settings, seconds, identity_seconds)
+
+
+def evaluate_pipeline(pipe, output: Path, settings: dict, seconds: float = 10.0, identity_seconds: float = 60.0,
+                      plot_path: Path | None = None) -> dict:  # fmt: skip
+    """Every measure for `pipe` generating with `settings` (StableAvatarPipeline keyword arguments); writes
+    `metrics.json`, the videos and the plot (`plot_path`, default `output/lipsync.png`) to `output`."""
+    from wan.media import load_audio
     from wan.training.synthetic import FaceStyle, loudness_per_frame, speech_audio, write_clip
 
     size = settings["height"]
@@ -184,12 +200,15 @@ def evaluate(model_dir: Path, output: Path, settings: dict, seconds: float = 10.
     style = FaceStyle.random(np.random.default_rng(HELD_OUT_SEED))  # write_clip draws the style first
     box = mouth_box(style.face_width, style.face_height, size)
     reference_path = clip / "images" / "frame_0.png"
-    reference = np.asarray(Image.open(reference_path).convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
+    reference = np.asarray(
+        Image.open(reference_path).convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+    )
     right_audio = load_audio(clip / "audio.wav", 16000)
     wrong_audio = speech_audio(seconds, np.random.default_rng(CONTROL_SEED))
-    pipe = StableAvatarPipeline.from_pretrained(model_dir, dtype=torch.float32)
 
-    right_frames, right_seconds = generate(pipe, reference_path, right_audio, output / "right_audio", settings)
+    right_frames, right_seconds = generate(
+        pipe, reference_path, right_audio, output / "right_audio", settings
+    )
     wrong_frames, _ = generate(pipe, reference_path, wrong_audio, output / "wrong_audio", settings)
     count = min(len(right_frames), len(wrong_frames))
     loud_right = loudness_per_frame(right_audio, count)
@@ -222,14 +241,24 @@ def evaluate(model_dir: Path, output: Path, settings: dict, seconds: float = 10.
         "seconds_for_identity_video": long_seconds,
     })  # fmt: skip
     changes = frame_changes(long_frames)
-    metrics.update(seam_statistics(changes, seam_frames(len(long_frames), settings["clip_length"], settings["overlap"])))
+    metrics.update(
+        seam_statistics(changes, seam_frames(len(long_frames), settings["clip_length"], settings["overlap"]))
+    )
     metrics["passed"] = {
         "lipsync_right": metrics["lipsync_right"] >= TARGETS["lipsync_right"],
         "lipsync_wrong": max(abs(metrics["lipsync_wrong"]), abs(metrics["lipsync_wrong_driven"])) <= TARGETS["lipsync_wrong"],
         "identity": metrics["identity_drop_60s"] <= TARGETS["identity_drop_60s"],
         "seams": metrics["seam_ratio"] <= TARGETS["seam_ratio"],
     }  # fmt: skip
-    plot(output / "lipsync.png", mouth_right, loud_right, mouth_wrong, loud_wrong, similarity, metrics)
+    plot(
+        plot_path or output / "lipsync.png",
+        mouth_right,
+        loud_right,
+        mouth_wrong,
+        loud_wrong,
+        similarity,
+        metrics,
+    )
     (output / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
 
@@ -257,7 +286,9 @@ def plot(path: Path, mouth_right, loud_right, mouth_wrong, loud_wrong, similarit
         axis.set_ylabel("standardised")
         axis.legend(loc="upper right")
     axes[2].plot(np.arange(len(similarity)) + 0.5, similarity, marker="o")
-    axes[2].set_title(f"identity over {len(similarity)} s: similarity to the reference (drop of linear fit {metrics['identity_drop_60s']:+.4f})")
+    axes[2].set_title(
+        f"identity over {len(similarity)} s: similarity to the reference (drop of linear fit {metrics['identity_drop_60s']:+.4f})"
+    )
     axes[2].set_xlabel("second")
     axes[2].set_ylabel("1 - mean |frame - reference|")
     figure.tight_layout()
