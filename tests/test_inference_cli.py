@@ -82,3 +82,17 @@ def test_help_explains_every_flag() -> None:
                  "--sample_audio_guide_scale", "--overlap_window_length", "--clip_sample_n_frames",
                  "--overlapping_weight_scheme", "--seed", "--GPU_memory_mode", "--model_dir"]:  # fmt: skip
         assert flag in result.stdout
+
+
+def test_sampling_flags_left_out_come_from_the_model_folder(tmp_path) -> None:
+    from wan.generate import build_parser, fill_model_defaults
+    from wan.generation_settings import PUBLISHED_SETTINGS, save_recommended_settings
+
+    save_recommended_settings(tmp_path, {"width": 64, "height": 64, "num_inference_steps": 10, "overlap": 3})
+    args = build_parser().parse_args(["--model_dir", str(tmp_path), *_inputs(), "--height", "96"])
+    fill_model_defaults(args)
+    assert (args.width, args.height, args.sample_steps, args.overlap_window_length) == (64, 96, 10, 3)
+    assert args.clip_sample_n_frames == PUBLISHED_SETTINGS["clip_length"]  # not in the file: published
+    released = build_parser().parse_args(["--random_tiny_model", *_inputs()])
+    fill_model_defaults(released)
+    assert (released.width, released.sample_steps, released.sample_audio_guide_scale) == (512, 50, 5.0)

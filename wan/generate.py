@@ -10,6 +10,7 @@ import torch
 
 from .cli import parse_dtype
 from .errors import UserFacingError
+from .generation_settings import recommended_settings
 from .loading.lora import load_lora
 from .loading.released import ReleasedLayout, load_released_pipeline
 from .loading.transformer import load_transformer_weights
@@ -21,6 +22,17 @@ from .pipeline.solvers import SOLVERS, build_scheduler, enable_step_cache
 from .pipeline.windows import WEIGHTING_SCHEMES
 
 DEMO_MODEL_DIR = Path("checkpoints/demo")
+FOLDER_DEFAULT = "(default: the model folder's generation_settings.json, else"
+# inference.py flag -> StableAvatarPipeline keyword (generation_settings.json key)
+SETTING_OF_FLAG = {
+    "width": "width",
+    "height": "height",
+    "sample_steps": "num_inference_steps",
+    "sample_text_guide_scale": "text_guidance_scale",
+    "sample_audio_guide_scale": "audio_guidance_scale",
+    "clip_sample_n_frames": "clip_length",
+    "overlap_window_length": "overlap",
+}
 NO_EFFECT = "accepted so the published inference.sh runs unchanged; it has no effect (none in the published code either)"
 
 
@@ -82,23 +94,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument(
-        "--width", type=int, default=512, help="multiple of 16; trained: 512x512, 480x832, 832x480"
+        "--width", type=int, help=f"multiple of 16; trained: 512x512, 480x832, 832x480 {FOLDER_DEFAULT}512)"
     )
-    sampling.add_argument("--height", type=int, default=512, help="multiple of 16")
-    sampling.add_argument("--sample_steps", type=int, default=50, help="denoising steps (30-50 recommended)")
-    sampling.add_argument("--sample_text_guide_scale", type=float, default=3.0, help="text guidance (3-6)")
+    sampling.add_argument("--height", type=int, help=f"multiple of 16 {FOLDER_DEFAULT}512)")
+    sampling.add_argument(
+        "--sample_steps", type=int, help=f"denoising steps (30-50 recommended) {FOLDER_DEFAULT}50)"
+    )
+    sampling.add_argument(
+        "--sample_text_guide_scale", type=float, help=f"text guidance (3-6) {FOLDER_DEFAULT}3.0)"
+    )
     sampling.add_argument(
         "--sample_audio_guide_scale",
         type=float,
-        default=5.0,
-        help="audio guidance (3-6); raise it for tighter lip sync",
+        help=f"audio guidance (3-6); raise it for tighter lip sync {FOLDER_DEFAULT}5.0)",
     )
-    sampling.add_argument("--clip_sample_n_frames", type=int, default=81, help="frames per window, 4k+1")
+    sampling.add_argument(
+        "--clip_sample_n_frames", type=int, help=f"frames per window, 4k+1 {FOLDER_DEFAULT}81)"
+    )
     sampling.add_argument(
         "--overlap_window_length",
         type=int,
-        default=5,
-        help="latent frames shared by neighbouring windows (5-15: more is smoother and slower)",
+        help=f"latent frames shared by neighbouring windows (5-15: more is smoother and slower) {FOLDER_DEFAULT}5)",
     )
     sampling.add_argument(
         "--overlapping_weight_scheme",
@@ -275,7 +291,7 @@ def _load_base_pipeline(args: argparse.Namespace, dtype: torch.dtype) -> StableA
             wav2vec_dir=args.pretrained_wav2vec_path or checkpoints / "wav2vec2-base-960h",
         )
         return load_released_pipeline(layout, dtype)
-    model_dir = args.model_dir or (DEMO_MODEL_DIR if DEMO_MODEL_DIR.is_dir() else None)
+    model_dir = model_folder(args)
     if model_dir is None:
         raise UserFacingError(
             "no model given: pass --model_dir (a converted folder), --pretrained_model_name_or_path with "
@@ -286,6 +302,22 @@ def _load_base_pipeline(args: argparse.Namespace, dtype: torch.dtype) -> StableA
             f"{model_dir} is not a converted model folder (no model_index.json); run python -m wan.convert"
         )
     return StableAvatarPipeline.from_pretrained(model_dir, torch_dtype=dtype)
+
+
+def model_folder(args: argparse.Namespace) -> Path | None:
+    """The diffusers folder the model comes from: --model_dir, else checkpoints/demo when it exists (None
+    for the tiny random model and the downloaded layout)."""
+    if args.random_tiny_model or args.pretrained_model_name_or_path is not None:
+        return None
+    return args.model_dir or (DEMO_MODEL_DIR if DEMO_MODEL_DIR.is_dir() else None)
+
+
+def fill_model_defaults(args: argparse.Namespace) -> None:
+    """Sampling flags left out take the model folder's recommended settings (the published ones otherwise)."""
+    settings = recommended_settings(model_folder(args))
+    for flag, name in SETTING_OF_FLAG.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, settings[name])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -305,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     )
     pipeline = load_pipeline(args, dtype)
+    fill_model_defaults(args)
     shift = (
         args.sample_shift
         if args.sample_shift is not None
