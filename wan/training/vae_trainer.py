@@ -65,6 +65,9 @@ class VaeTrainConfig:
     statistics_samples: int = 64
     vae_config: dict = field(default_factory=lambda: dict(SMALL_VAE_CONFIG))
     init_from: Path | None = None  # a saved VAE folder to continue from (a second stage with a new schedule)
+    # Train only the decoder (with init_from): the latents, and so their statistics and everything already
+    # encoded with them, stay exactly as they were.
+    decoder_only: bool = False
 
 
 class ClipFrames:
@@ -180,14 +183,22 @@ def train_vae(
         raise UserFacingError(f"frames per sample must be 1 + 4k, got {config.samples}")
     torch.manual_seed(config.seed)
     frames = frames or ClipFrames(config.list_file, config.size, config.max_clips)
+    if config.decoder_only and config.init_from is None:
+        raise UserFacingError("decoder_only training continues a saved VAE: set init_from")
     if config.init_from is not None:
         vae = AutoencoderKLWan.from_pretrained(config.init_from).train().requires_grad_(True)
+        if config.decoder_only:
+            vae.encoder.requires_grad_(False)
+            vae.quant_conv.requires_grad_(False)
     else:
         vae = AutoencoderKLWan(**config.vae_config).train()
-        with torch.no_grad():  # start nearly deterministic (posterior std e^-5): unit noise would drown the signal
+        with (
+            torch.no_grad()
+        ):  # start nearly deterministic (posterior std e^-5): unit noise would drown the signal
             vae.quant_conv.weight[vae.config.z_dim :] = 0.0
             vae.quant_conv.bias[vae.config.z_dim :] = -10.0
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.learning_rate, weight_decay=1e-4)
+    trainable = [parameter for parameter in vae.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=1e-4)
     rng = np.random.default_rng(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     history: list[dict] = []
@@ -210,7 +221,7 @@ def train_vae(
         loss, parts = vae_loss(vae, video, lips, config, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), config.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
         optimizer.step()
         if step % config.log_every == 0 or step == config.max_train_steps - 1:
             history.append({"step": step + 1, "loss": loss.item(), **parts})
@@ -223,10 +234,11 @@ def train_vae(
             torch.save(state, checkpoint.with_suffix(".partial"))
             checkpoint.with_suffix(".partial").replace(checkpoint)
     vae.eval().requires_grad_(False)
-    mean, std = latent_statistics(
-        vae, frames, np.random.default_rng(config.seed + 1), config.statistics_samples, 9
-    )
-    vae.register_to_config(latents_mean=mean, latents_std=std)
+    if not config.decoder_only:
+        mean, std = latent_statistics(
+            vae, frames, np.random.default_rng(config.seed + 1), config.statistics_samples, 9
+        )
+        vae.register_to_config(latents_mean=mean, latents_std=std)
     config.output_dir.mkdir(parents=True, exist_ok=True)
     vae.save_pretrained(config.output_dir)
     checkpoint.unlink(missing_ok=True)
