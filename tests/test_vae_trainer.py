@@ -41,10 +41,29 @@ def test_interrupted_vae_training_resumes_exactly(tmp_path) -> None:
     assert (tmp_path / "b" / "checkpoint.pt").is_file()
     resumed, resumed_history = train_vae(config(tmp_path / "b"))
     assert not (tmp_path / "b" / "checkpoint.pt").exists()
-    assert [entry["loss"] for entry in resumed_history] == pytest.approx([entry["loss"] for entry in history], rel=1e-6)
+    assert [entry["loss"] for entry in resumed_history] == pytest.approx(
+        [entry["loss"] for entry in history], rel=1e-6
+    )
     for name, value in straight.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value, rtol=1e-6, atol=1e-7)
 
     saved = json.loads((tmp_path / "b" / "config.json").read_text())
     assert len(saved["latents_mean"]) == len(saved["latents_std"]) == 16
     assert saved["latents_mean"] != [0.0] * 16 and min(saved["latents_std"]) > 0
+
+
+def test_decoder_only_run_keeps_the_encoder_and_its_statistics(tmp_path) -> None:
+    list_file = write_dataset(tmp_path / "data", num_clips=2, seconds=0.8, size=(32, 32), seed=8)
+    common = {"size": 16, "samples": ((1, 9),), "max_train_steps": 3, "warmup_steps": 1, "statistics_samples": 2,
+              "vae_config": {**SMALL_VAE_CONFIG, "base_dim": 4}}  # fmt: skip
+    first, _ = train_vae(VaeTrainConfig(list_file, tmp_path / "first", **common))
+    second, _ = train_vae(VaeTrainConfig(list_file, tmp_path / "second", init_from=tmp_path / "first",
+                                         decoder_only=True, seed=1, **common))  # fmt: skip
+    before, after = first.state_dict(), second.state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(name.startswith(("decoder.", "post_quant_conv.")) for name in changed), changed
+    assert any(name.startswith("decoder.") for name in changed)
+    for key in ("latents_mean", "latents_std"):
+        assert second.config[key] == first.config[key]
+    with pytest.raises(Exception, match="init_from"):
+        train_vae(VaeTrainConfig(list_file, tmp_path / "third", decoder_only=True, **common))
