@@ -37,7 +37,9 @@ def recommended_settings(model_dir: str | Path | None) -> dict[str, float | int]
             raise UserFacingError(f"{path} is not valid JSON ({error}); fix or delete it") from None
         unknown = sorted(set(stored) - set(PUBLISHED_SETTINGS))
         if unknown:
-            raise UserFacingError(f"{path} has unknown settings {unknown}; known: {sorted(PUBLISHED_SETTINGS)}")
+            raise UserFacingError(
+                f"{path} has unknown settings {unknown}; known: {sorted(PUBLISHED_SETTINGS)}"
+            )
         settings.update(stored)
     return settings
 

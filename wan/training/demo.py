@@ -40,7 +40,7 @@ from transformers import (
     Wav2Vec2Model,
 )
 
-from ..cli import run_cli
+from ..cli import atomic_directory, run_cli
 from ..generation_settings import save_recommended_settings
 from ..models import STABLEAVATAR_1_3B, StableAvatarTransformer3DModel
 from ..pipeline.conditioning import DEFAULT_NEGATIVE_PROMPT
@@ -310,15 +310,48 @@ def run(args: argparse.Namespace) -> None:
     if "dit" in wanted and not (weights / "config.json").is_file():
         trainer = timed("dit", lambda: train_transformer(pipe, cache, work / "dit_run", args.dit_steps, seed))
         report["dit_loss"] = trainer.history[-50:]
+        report_path.write_text(json.dumps(report, indent=1))
         pipe.transformer.eval().requires_grad_(False)
         pipe.transformer.save_pretrained(weights)
     if "assemble" in wanted:
         pipe.transformer = StableAvatarTransformer3DModel.from_pretrained(weights).eval()
         pipe.register_modules(transformer=pipe.transformer)
-        timed("assemble", lambda: pipe.save_pretrained(args.output, safe_serialization=True))
-        save_recommended_settings(args.output, demo_generation_settings())
-        (args.output / "training_report.json").write_text(json.dumps(report, indent=1))
+
+        def assemble() -> None:
+            with atomic_directory(args.output) as staging:
+                pipe.save_pretrained(staging, safe_serialization=True)
+                save_recommended_settings(staging, demo_generation_settings())
+                (staging / "training_report.json").write_text(json.dumps(report, indent=1))
+                (staging / "README.md").write_text(model_card(report, args))
+
+        timed("assemble", assemble)
         print(f"wrote the demo model to {args.output}")
+
+
+def model_card(report: dict, args: argparse.Namespace) -> str:
+    """The demo folder's README: what it is, how it was made, how long that took."""
+    seconds = report.get("seconds", {})
+    times = ", ".join(f"{stage} {value / 60:.0f} min" for stage, value in seconds.items())
+    total = sum(seconds.values()) / 3600
+    return f"""# The demo model (a toy)
+
+A small StableAvatar of the released architecture (Wan DiT with the audio adapter and frame-local audio
+attention, a causal Wan VAE, umT5, CLIP vision and wav2vec2 encoders), trained from scratch on the CPU on
+synthetic cartoon faces by this project's own code. It draws cartoon faces of that kind at 64x64, whatever
+the reference image; it exists so the program can be seen working without the 20 GB release. For real
+results, download the released weights (the repository README, "Using the released model").
+
+Trained with seed {args.seed} by
+
+    bash scripts/train_demo_model.sh
+
+(`python -m wan.training.demo --seed {args.seed} --num_clips {args.num_clips} --clip_seconds {args.clip_seconds:g} \
+--vae_steps {args.vae_steps} --samples_per_clip {args.samples_per_clip} --dit_steps {args.dit_steps}`) on 2 CPU cores,
+which took {total:.1f} hours ({times}). The text, image and audio encoders are random (seeded) and were not
+trained. `training_report.json` holds the times and the last losses; `generation_settings.json` the size,
+steps, guidance and windows it was made for (inference.py and the app start from them). How well its lips
+follow the audio: `python -m benchmarks.lipsync_eval` (numbers in the repository README).
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
