@@ -1,18 +1,17 @@
 #!/usr/bin/env bash
-# The bundled example. With downloaded weights, convert them once (see checkpoints/README.md) and pass
-# --model_dir instead of --random_tiny_model, at 512x512 and 50 steps (the defaults).
+# The main job: the bundled demo model (checkpoints/demo, a toy trained on synthetic cartoon faces) animates
+# the bundled example face with the bundled speech; writes outputs/demo/video_with_audio.mp4 (64x64, 25 fps,
+# with the audio). Size, steps, guidance and windows come from checkpoints/demo/generation_settings.json;
+# any inference.py flag given here overrides them. For real results use the released model (README: "Using
+# the released model"): convert it once and pass --model_dir with the photo of a person.
 set -euo pipefail
 cd "$(dirname "$0")"
 export TOKENIZERS_PARALLELISM=false
 python3 inference.py \
-  --random_tiny_model \
-  --validation_reference_path examples/case-1/reference.png \
+  --model_dir checkpoints/demo \
+  --validation_reference_path examples/demo-face/reference.png \
   --validation_driven_audio_path examples/case-1/audio.wav \
-  --validation_prompts "$(cat examples/case-1/prompt.txt)" \
-  --output_dir outputs/case-1 \
-  --width 128 --height 128 \
-  --sample_steps 4 \
-  --overlap_window_length 5 \
-  --clip_sample_n_frames 81 \
+  --validation_prompts "$(cat examples/demo-face/prompt.txt)" \
+  --output_dir outputs/demo \
   --seed 42 \
   "$@"
