@@ -30,22 +30,13 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler
 from tqdm.auto import tqdm
-from transformers import (
-    CLIPVisionConfig,
-    CLIPVisionModel,
-    UMT5Config,
-    UMT5EncoderModel,
-    Wav2Vec2Config,
-    Wav2Vec2FeatureExtractor,
-    Wav2Vec2Model,
-)
 
 from ..cli import atomic_directory, run_cli
 from ..generation_settings import save_recommended_settings
 from ..models import STABLEAVATAR_1_3B, StableAvatarTransformer3DModel
 from ..pipeline.conditioning import DEFAULT_NEGATIVE_PROMPT
 from ..pipeline.pipeline import StableAvatarPipeline
-from ..pipeline.tiny import byte_tokenizer
+from ..pipeline.tiny import build_small_encoders
 from .dataset import TalkingFaceDataset
 from .encode import encode_batch
 from .objective import ObjectiveConfig
@@ -130,26 +121,8 @@ def demo_generation_settings() -> dict:
 def build_encoders(seed: int) -> dict:
     """Tokenizer, umT5, CLIP vision tower and wav2vec2 at small size with random (seeded) weights."""
     torch.manual_seed(seed)
-    tokenizer = byte_tokenizer()
-    text_encoder = UMT5EncoderModel(
-        UMT5Config(vocab_size=len(tokenizer), d_model=DEMO_TRANSFORMER["text_dim"], d_kv=16, d_ff=128, num_layers=2,
-                   num_heads=4, relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", dropout_rate=0.0)
-    )  # fmt: skip
-    image_encoder = CLIPVisionModel(
-        CLIPVisionConfig(image_size=56, patch_size=14, hidden_size=DEMO_TRANSFORMER["image_dim"], intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=2)
-    )  # fmt: skip
-    audio_encoder = Wav2Vec2Model(
-        Wav2Vec2Config(hidden_size=768, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, conv_dim=[32] * 7,
-                       num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=16, apply_spec_augment=False)
-    )  # fmt: skip
-    feature_extractor = Wav2Vec2FeatureExtractor(
-        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True
-    )
-    for module in (text_encoder, image_encoder, audio_encoder):
-        module.eval().requires_grad_(False)
-    return {"tokenizer": tokenizer, "text_encoder": text_encoder, "image_encoder": image_encoder,
-            "audio_encoder": audio_encoder, "audio_feature_extractor": feature_extractor}  # fmt: skip
+    return build_small_encoders(DEMO_TRANSFORMER["text_dim"], DEMO_TRANSFORMER["image_dim"], text_kv=16,
+                                text_ffn=128, text_layers=2, image_size=56, image_ffn=128)  # fmt: skip
 
 
 def build_transformer(seed: int) -> StableAvatarTransformer3DModel:
