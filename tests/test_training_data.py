@@ -154,3 +154,16 @@ def test_training_script_without_data_is_a_one_line_error(tmp_path) -> None:
                              "--output_dir", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.startswith("error: no training data") and result.stderr.count("\n") == 1
+
+
+def test_face_scale_draws_the_same_identity_closer() -> None:
+    from wan.training.synthetic import FaceStyle, draw_face
+
+    plain, close = (FaceStyle.random(np.random.default_rng(4), scale) for scale in (1.0, 1.6))
+    assert (close.skin, close.hair, close.background) == (plain.skin, plain.hair, plain.background)
+    areas = []
+    for style in (plain, close):
+        _, face, lips = draw_face(style, (128, 128), mouth_open=1.0, eyes_open=True, offset=(0.0, 0.0))
+        areas.append((np.count_nonzero(np.asarray(face)), np.count_nonzero(np.asarray(lips))))
+    for small, large in zip(areas[0], areas[1], strict=True):
+        assert large / small == pytest.approx(1.6**2, rel=0.1)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from diffusers import AutoencoderKLWan
 
 from wan.training.synthetic import write_dataset
-from wan.training.vae_trainer import SMALL_VAE_CONFIG, ClipFrames, VaeTrainConfig, train_vae
+from wan.training.vae_trainer import SMALL_VAE_CONFIG, ClipFrames, VaeTrainConfig, decode_unclamped, train_vae
 
 
 class _Stop(Exception):
@@ -67,3 +69,57 @@ def test_decoder_only_run_keeps_the_encoder_and_its_statistics(tmp_path) -> None
         assert second.config[key] == first.config[key]
     with pytest.raises(Exception, match="init_from"):
         train_vae(VaeTrainConfig(list_file, tmp_path / "third", decoder_only=True, **common))
+
+
+class _FakeAutoencoder:
+    """`encode(video).latent_dist.mode()` / `decode(z).sample` with a chosen reconstruction."""
+
+    def __init__(self, reconstruct) -> None:
+        self.reconstruct = reconstruct
+
+    def encode(self, video):
+        latent = type("Posterior", (), {"mode": lambda _self: video})()
+        return type("Encoded", (), {"latent_dist": latent})()
+
+    def decode(self, z):
+        return type("Decoded", (), {"sample": self.reconstruct(z)})()
+
+
+def test_mouth_reconstruction_correlation_tells_a_kept_mouth_from_a_lost_one(tmp_path) -> None:
+    from wan.training.vae_trainer import mouth_reconstruction_correlation
+
+    list_file = write_dataset(tmp_path / "data", num_clips=2, seconds=1.4, size=(64, 64), seed=3)
+    frames = ClipFrames(list_file, 64)
+    kept = mouth_reconstruction_correlation(_FakeAutoencoder(lambda video: video), frames)
+    assert kept == pytest.approx([1.0, 1.0], abs=1e-6)
+    # the first frame everywhere plus a little noise: a mouth that does not move with the drawn one
+    frozen = mouth_reconstruction_correlation(
+        _FakeAutoencoder(lambda video: video[:, :, :1].expand_as(video) + 0.01 * torch.randn_like(video)),
+        frames,
+    )
+    assert max(abs(value) for value in frozen) < 0.5
+
+
+def test_autoencoder_mode_decodes_the_posterior_mean(tmp_path) -> None:
+    from wan.training.vae_trainer import vae_loss
+
+    list_file = write_dataset(tmp_path / "data", num_clips=1, seconds=0.4, size=(16, 16), seed=9)
+    video, lips = ClipFrames(list_file, 16).sample(np.random.default_rng(0), 1, 5)
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(**{**SMALL_VAE_CONFIG, "base_dim": 4})
+    with torch.no_grad():  # a wide posterior, so sampling it visibly changes the reconstruction
+        vae.quant_conv.bias[vae.config.z_dim :] = 2.0
+
+    def losses(**options):
+        config = VaeTrainConfig(list_file, tmp_path / "unused", kl_weight=0.0, **options)
+        return [
+            vae_loss(vae, video, lips, config, torch.Generator().manual_seed(seed))[0].item()
+            for seed in (1, 2)
+        ]
+
+    sampled, mean_only = losses(), losses(sample_posterior=False)
+    assert sampled[0] != pytest.approx(sampled[1], rel=1e-4)
+    assert mean_only[0] == mean_only[1]
+    z = vae.encode(video).latent_dist.mean
+    expected = (decode_unclamped(vae, z) - video).abs() * (1.0 + 8.0 * lips)
+    assert mean_only[0] == pytest.approx(expected.mean().item(), rel=1e-5)

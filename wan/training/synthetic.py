@@ -46,14 +46,16 @@ class FaceStyle:
     face_height: float
 
     @classmethod
-    def random(cls, rng: np.random.Generator) -> FaceStyle:
+    def random(cls, rng: np.random.Generator, face_scale: float = 1.0) -> FaceStyle:
+        """A random identity; `face_scale` > 1 draws a closer view (the same draws, a bigger face)."""
+
         def colour(low: int, high: int) -> tuple[int, int, int]:
             return tuple(int(v) for v in rng.integers(low, high, 3))
 
         skin_tone = rng.uniform(0.35, 1.0)
         skin = (int(235 * skin_tone), int(190 * skin_tone), int(160 * skin_tone))
         return cls(colour(0, 256), skin, colour(0, 120), colour(20, 140), colour(0, 256),
-                   float(rng.uniform(0.30, 0.40)), float(rng.uniform(0.42, 0.52)))  # fmt: skip
+                   face_scale * float(rng.uniform(0.30, 0.40)), face_scale * float(rng.uniform(0.42, 0.52)))  # fmt: skip
 
 
 def speech_audio(seconds: float, rng: np.random.Generator) -> np.ndarray:
@@ -145,10 +147,10 @@ def draw_face(style: FaceStyle, size: tuple[int, int], mouth_open: float, eyes_o
 
 
 def write_clip(folder: Path, seed: int, seconds: float, size: tuple[int, int], fps: int = 25,
-               audio: np.ndarray | None = None) -> Path:  # fmt: skip
+               audio: np.ndarray | None = None, face_scale: float = 1.0) -> Path:  # fmt: skip
     """One clip: `sub_clip.mp4`, `audio.wav`, `images/`, `face_masks/`, `lip_masks/` (frame_i.png)."""
     rng = np.random.default_rng(seed)
-    style = FaceStyle.random(rng)
+    style = FaceStyle.random(rng, face_scale)
     audio = speech_audio(seconds, rng) if audio is None else audio
     num_frames = int(len(audio) / SAMPLE_RATE * fps)
     loudness = loudness_per_frame(audio, num_frames, fps)
@@ -171,10 +173,11 @@ def write_clip(folder: Path, seed: int, seconds: float, size: tuple[int, int], f
 
 
 def write_dataset(root: Path, num_clips: int, seconds: float, size: tuple[int, int] = (512, 512), seed: int = 0,
-                  list_name: str = "video_square_path.txt") -> Path:  # fmt: skip
+                  list_name: str = "video_square_path.txt", face_scale: float = 1.0) -> Path:  # fmt: skip
     """`num_clips` clips under `root/speech/` and the path list `root/<list_name>`; returns the list file."""
     root = Path(root)
-    clips = [write_clip(root / "speech" / f"{seed:04d}_{i:05d}", seed * 100_003 + i, seconds, size)
+    clips = [write_clip(root / "speech" / f"{seed:04d}_{i:05d}", seed * 100_003 + i, seconds, size,
+                        face_scale=face_scale)
              for i in range(num_clips)]  # fmt: skip
     list_file = root / list_name
     list_file.write_text("".join(f"{clip.resolve()}\n" for clip in clips))
