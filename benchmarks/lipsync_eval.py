@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from wan.training.synthetic import mouth_opening
+
 HELD_OUT_SEED = 777_000_001  # reference face and its speech
 CONTROL_SEED = 777_000_002  # the mismatched speech
 IDENTITY_SEED = 777_000_003  # one minute of speech for the identity and seam measures
@@ -39,7 +41,7 @@ FPS = 25
 TARGETS = {"lipsync_right": 0.6, "lipsync_wrong": 0.2, "identity_drop_60s": 0.01, "seam_ratio": 1.5}
 
 
-# ---- measures (numpy only) ----------------------------------------------------------------------------
+# ---- measures (numpy only; mouth_opening is wan.training.synthetic's) ----------------------------------------------------------------------------
 def mouth_box(face_width: float, face_height: float, size: int, motion: tuple[float, float] = (0.02, 0.015)
               ) -> tuple[int, int, int, int]:  # fmt: skip
     """Pixel box (x0, y0, x1, y1), end exclusive, holding a synthetic face's mouth at any head offset.
@@ -54,18 +56,6 @@ def mouth_box(face_width: float, face_height: float, size: int, motion: tuple[fl
     x0, x1 = int(np.floor((cx - dx) * size)), int(np.ceil((cx + dx) * size))
     y0, y1 = int(np.floor((cy - dy) * size)), int(np.ceil((cy + dy) * size))
     return max(x0, 0), max(y0, 0), min(x1, size), min(y1, size)
-
-
-def luminance(frames: np.ndarray) -> np.ndarray:
-    """`[..., H, W, 3]` uint8 or [0, 1] floats -> `[..., H, W]` luminance in [0, 1]."""
-    frames = frames.astype(np.float32) / (255.0 if frames.dtype == np.uint8 else 1.0)
-    return frames @ np.array([0.299, 0.587, 0.114], np.float32)
-
-
-def mouth_opening(frames: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    """`[T]` mean darkness (1 - luminance) of the mouth box in each frame `[T, H, W, 3]`."""
-    x0, y0, x1, y1 = box
-    return 1.0 - luminance(frames[:, y0:y1, x0:x1]).mean(axis=(1, 2))
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:

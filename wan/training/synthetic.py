@@ -106,6 +106,19 @@ def loudness_per_frame(audio: np.ndarray, num_frames: int, fps: int = 25) -> np.
     return np.clip(rms / max(float(np.percentile(rms, 95)), 1e-6), 0.0, 1.0)
 
 
+def luminance(frames: np.ndarray) -> np.ndarray:
+    """`[..., H, W, 3]` uint8 or [0, 1] floats -> `[..., H, W]` luminance in [0, 1]."""
+    frames = frames.astype(np.float32) / (255.0 if frames.dtype == np.uint8 else 1.0)
+    return frames @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def mouth_opening(frames: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """`[T]` mean darkness (1 - luminance) of the box (x0, y0, x1, y1) in each frame `[T, H, W, 3]`: the
+    mouth's interior is nearly black, so a wider-open mouth makes its box darker."""
+    x0, y0, x1, y1 = box
+    return 1.0 - luminance(frames[:, y0:y1, x0:x1]).mean(axis=(1, 2))
+
+
 def draw_face(style: FaceStyle, size: tuple[int, int], mouth_open: float, eyes_open: bool,
               offset: tuple[float, float]) -> tuple[Image.Image, Image.Image, Image.Image]:  # fmt: skip
     """One frame and its face and lip masks (mode 'L', 255 inside). `size` is (width, height)."""

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from ..cli import run_cli
 from ..errors import UserFacingError
 from .dataset import _sorted_frames, read_path_list
+from .synthetic import mouth_opening
 
 # The demo VAE: 2.05 M parameters (the released one has 127 M); channels 16, 32, 32, 64 from full
 # resolution down to the latent grid.
@@ -188,21 +189,14 @@ def mouth_reconstruction_correlation(
     """Per clip: Pearson correlation, over its first `num_frames` frames, between the mouth's darkness in the
     frames and in the VAE's reconstruction of them. The mouth is the box around every lip-mask pixel of the
     span; darkness is 1 - mean luminance there (an open mouth is dark). Near 1 when the VAE keeps the mouth."""
-    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1, 1)
     correlations = []
     for pixels, lips in frames.clips:
         ys, xs = np.nonzero(lips[:num_frames].max(axis=0))
+        box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
         video = torch.from_numpy(pixels[:num_frames][None]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
         reconstruction = vae.decode(vae.encode(video).latent_dist.mode()).sample.clamp(-1.0, 1.0)
-        box = (
-            slice(None),
-            slice(None),
-            slice(None),
-            slice(ys.min(), ys.max() + 1),
-            slice(xs.min(), xs.max() + 1),
-        )
-        drawn, decoded = ((-(clip * luma).sum(1, keepdim=True))[box].mean(dim=(0, 1, 3, 4)).numpy()
-                          for clip in (video, reconstruction))  # fmt: skip
+        decoded = ((reconstruction[0].permute(1, 2, 3, 0) + 1.0) / 2.0).numpy()  # [T, H, W, 3] in [0, 1]
+        drawn, decoded = mouth_opening(pixels[:num_frames], box), mouth_opening(decoded, box)
         correlations.append(float(np.corrcoef(drawn, decoded)[0, 1]))
     return correlations
 
