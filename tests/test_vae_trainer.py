@@ -123,3 +123,32 @@ def test_autoencoder_mode_decodes_the_posterior_mean(tmp_path) -> None:
     z = vae.encode(video).latent_dist.mean
     expected = (decode_unclamped(vae, z) - video).abs() * (1.0 + 8.0 * lips)
     assert mean_only[0] == pytest.approx(expected.mean().item(), rel=1e-5)
+
+
+def test_foreign_first_frame_comes_from_another_clip_and_the_rest_stays(tmp_path) -> None:
+    list_file = write_dataset(tmp_path / "data", num_clips=3, seconds=0.8, size=(16, 16), seed=4)
+    frames = ClipFrames(list_file, 16)
+
+    def sources(video: torch.Tensor, index: int) -> set[tuple[int, int]]:
+        """(clip, frame) pairs whose pixels equal frame `index` of the span."""
+        pixels = ((video[0, :, index].permute(1, 2, 0) + 1.0) * 127.5).round().byte().numpy()
+        return {(c, f) for c, (clip, _) in enumerate(frames.clips) for f in range(len(clip))
+                if np.array_equal(clip[f], pixels)}  # fmt: skip
+
+    rng, foreign = np.random.default_rng(5), 0
+    for _ in range(12):
+        video, lips = frames.sample(rng, 1, 5, foreign_first=1.0)
+        second = sources(video, 1)
+        for index in range(2, 5):  # frames 1-4 stay one consecutive span of one clip
+            assert {(c, f + index - 1) for c, f in second} & sources(video, index)
+        foreign += not any((c, f - 1) in sources(video, 0) for c, f in second)
+        assert lips.shape == (1, 1, 5, 16, 16)
+    assert foreign >= 10  # another clip's frame (or, by chance, an unrelated frame of the same clip)
+
+    # foreign_first=0 draws only the clip and the start, as the sampler always did (earlier runs reproduce)
+    video, _ = frames.sample(np.random.default_rng(7), 1, 5)
+    replay = np.random.default_rng(7)
+    pixels, _ = frames.clips[int(replay.integers(len(frames.clips)))]
+    start = int(replay.integers(0, len(pixels) - 5 + 1))
+    expected = torch.from_numpy(pixels[start : start + 5]).permute(3, 0, 1, 2).float() / 127.5 - 1.0
+    assert torch.equal(video[0], expected)

@@ -72,6 +72,10 @@ class VaeTrainConfig:
     # False: decode the posterior mean (a plain autoencoder). Posterior noise (std 0.1 against a spread of 0.7
     # after the earlier demo runs) drowned the small latent changes an opening mouth makes.
     sample_posterior: bool = True
+    # Chance that a clip's first frame comes from another clip. The causal decoder otherwise learns to copy
+    # later frames from its cache of the first one and ignores their own latents, mouth included (swapping
+    # or freezing the latents of later chunks left the decoded mouth unchanged).
+    foreign_first: float = 0.0
 
 
 class ClipFrames:
@@ -98,15 +102,23 @@ class ClipFrames:
             self.clips.append((pixels, lips))
 
     def sample(
-        self, rng: np.random.Generator, batch_size: int, num_frames: int
+        self, rng: np.random.Generator, batch_size: int, num_frames: int, foreign_first: float = 0.0
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`[B, 3, T, H, W]` pixels in [-1, 1] and `[B, 1, T, H, W]` lip masks in [0, 1] of random spans."""
+        """`[B, 3, T, H, W]` pixels in [-1, 1] and `[B, 1, T, H, W]` lip masks in [0, 1] of random spans.
+
+        With probability `foreign_first` a span of more than one frame starts with a frame of another clip
+        (another identity), so nothing after the first frame can be copied from it."""
         videos, masks = [], []
         for _ in range(batch_size):
             pixels, lips = self.clips[int(rng.integers(len(self.clips)))]
             start = int(rng.integers(0, len(pixels) - num_frames + 1))
-            videos.append(pixels[start : start + num_frames])
-            masks.append(lips[start : start + num_frames])
+            video, mask = pixels[start : start + num_frames].copy(), lips[start : start + num_frames].copy()
+            if num_frames > 1 and foreign_first > 0 and rng.random() < foreign_first:
+                other_pixels, other_lips = self.clips[int(rng.integers(len(self.clips)))]
+                frame = int(rng.integers(len(other_pixels)))
+                video[0], mask[0] = other_pixels[frame], other_lips[frame]
+            videos.append(video)
+            masks.append(mask)
         video = torch.from_numpy(np.stack(videos)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
         lip = torch.from_numpy(np.stack(masks)).unsqueeze(1).float() / 255.0
         return video, lip
@@ -243,7 +255,7 @@ def train_vae(
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(config, step)
-        video, lips = frames.sample(rng, *config.samples[step % len(config.samples)])
+        video, lips = frames.sample(rng, *config.samples[step % len(config.samples)], config.foreign_first)
         loss, parts = vae_loss(vae, video, lips, config, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
