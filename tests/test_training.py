@@ -177,3 +177,24 @@ def test_gpu_only_optimizers_explain_what_they_need(clip_list, model_dir, tmp_pa
                 tmp_path / "run", clip_list, pipeline_dir=model_dir, max_train_steps=1, optimizer=optimizer
             )
         )
+
+
+def test_cached_features_are_written_whole_or_not_at_all(tmp_path, monkeypatch) -> None:
+    from dataclasses import fields
+
+    import wan.training.encode as encode
+
+    batch = encode.EncodedBatch(
+        **{f.name: torch.full((1, 2), float(i)) for i, f in enumerate(fields(encode.EncodedBatch))}
+    )
+    batch.save(tmp_path / "a.safetensors")
+    assert torch.equal(encode.EncodedBatch.load(tmp_path / "a.safetensors").audio, batch.audio)
+
+    def interrupted(tensors, path):  # a run killed halfway through writing
+        Path(path).write_bytes(b"trunc")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(encode, "save_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        batch.save(tmp_path / "b.safetensors")
+    assert not (tmp_path / "b.safetensors").exists()  # so a resumed precompute writes it again

@@ -9,6 +9,7 @@ per-step randomness (posterior samples, noise) is drawn from the step's generato
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -47,7 +48,10 @@ class EncodedBatch:
         return EncodedBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
     def save(self, path) -> None:
-        save_file({f.name: getattr(self, f.name).contiguous().cpu() for f in fields(self)}, str(path))
+        """Writes to a temporary name first, so an interrupted run never leaves a truncated file behind."""
+        staging = Path(path).with_name(Path(path).name + ".partial")
+        save_file({f.name: getattr(self, f.name).contiguous().cpu() for f in fields(self)}, str(staging))
+        staging.replace(path)
 
     @classmethod
     def load(cls, path) -> EncodedBatch:
