@@ -165,29 +165,32 @@ def generate(
     return read_frames(folder / "frames"), time.monotonic() - started
 
 
-def evaluate(
-    model_dir: Path, output: Path, settings: dict, seconds: float = 10.0, identity_seconds: float = 60.0
-) -> dict:
+def evaluate(model_dir: Path, output: Path, settings: dict, seconds: float = 10.0, identity_seconds: float = 60.0,
+             face_scale: float | None = None) -> dict:  # fmt: skip
     """Load the pipeline of `model_dir` (float32) and `evaluate_pipeline` it."""
     import torch
 
     from wan.pipeline import StableAvatarPipeline
 
     pipe = StableAvatarPipeline.from_pretrained(model_dir, dtype=torch.float32)
-    return evaluate_pipeline(pipe, output, settings, seconds, identity_seconds)
+    return evaluate_pipeline(pipe, output, settings, seconds, identity_seconds, face_scale=face_scale)
 
 
 def evaluate_pipeline(pipe, output: Path, settings: dict, seconds: float = 10.0, identity_seconds: float = 60.0,
-                      plot_path: Path | None = None) -> dict:  # fmt: skip
+                      plot_path: Path | None = None, face_scale: float | None = None) -> dict:  # fmt: skip
     """Every measure for `pipe` generating with `settings` (StableAvatarPipeline keyword arguments); writes
-    `metrics.json`, the videos and the plot (`plot_path`, default `output/lipsync.png`) to `output`."""
+    `metrics.json`, the videos and the plot (`plot_path`, default `output/lipsync.png`) to `output`.
+    The held-out face is drawn at `face_scale` (default: the demo model's training faces')."""
     from wan.media import load_audio
+    from wan.training.demo import DEMO_FACE_SCALE
     from wan.training.synthetic import FaceStyle, loudness_per_frame, speech_audio, write_clip
+
+    face_scale = DEMO_FACE_SCALE if face_scale is None else face_scale
 
     size = settings["height"]
     output.mkdir(parents=True, exist_ok=True)
-    clip = write_clip(output / "held_out_clip", HELD_OUT_SEED, seconds, (128, 128))
-    style = FaceStyle.random(np.random.default_rng(HELD_OUT_SEED))  # write_clip draws the style first
+    clip = write_clip(output / "held_out_clip", HELD_OUT_SEED, seconds, (128, 128), face_scale=face_scale)
+    style = FaceStyle.random(np.random.default_rng(HELD_OUT_SEED), face_scale)  # write_clip draws it first
     box = mouth_box(style.face_width, style.face_height, size)
     reference_path = clip / "images" / "frame_0.png"
     reference = np.asarray(
@@ -300,6 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overlap", type=int, default=defaults["overlap"])
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the lip-sync videos")
     parser.add_argument("--identity_seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--face_scale",
+        type=float,
+        default=None,
+        help="size of the held-out face (default: that of the demo model's training faces)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     import torch
@@ -307,7 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     settings = {**defaults, "num_inference_steps": args.steps, "audio_guidance_scale": args.audio_guidance,
                 "text_guidance_scale": args.text_guidance, "overlap": args.overlap}  # fmt: skip
-    metrics = evaluate(args.model_dir, args.output, settings, args.seconds, args.identity_seconds)
+    metrics = evaluate(
+        args.model_dir, args.output, settings, args.seconds, args.identity_seconds, args.face_scale
+    )
     rows = [
         ("lip sync, right audio (>= 0.6)", f"{metrics['lipsync_right']:.3f}"),
         ("lip sync, wrong audio, same video (<= 0.2)", f"{metrics['lipsync_wrong']:.3f}"),

@@ -7,9 +7,9 @@ included) it draws a cartoon face of that kind; what it shows is the whole progr
 follow the audio. One seed (`--seed`, default 1) fixes the data and every initialisation. Stages, each
 skipped when its output already exists (so an interrupted run continues where it stopped):
 
-  data        synthetic clips (4 s, 128x128; clip i has seed seed * 100003 + i) in talking_face_data layout
+  data        synthetic close-up clips (4 s, 128x128; clip i has seed seed * 100003 + i) in talking_face_data layout
   vae         AutoencoderKLWan (16 latent channels, 8x spatial, 4x temporal) trained as an autoencoder at 64x64,
-              in four runs (`VAE_RUNS`), each continuing the last
+              in five runs (`VAE_RUNS`), each continuing the last
   precompute  the frozen encoders' outputs for windows of 33 frames (wan.training.encode.EncodedBatch files)
   dit         the transformer (with the audio adapter) trained by wan.training.trainer on those features
   assemble    StableAvatarPipeline.save_pretrained(--output), float32 safetensors
@@ -53,6 +53,9 @@ DEMO_TEXT_GUIDANCE = 1.0  # the prompt means nothing to the demo model (it train
 DEMO_AUDIO_GUIDANCE = 2.0
 DEMO_SCHEDULER_SHIFT = 3.0  # a 8x8 latent grid loses its structure at lower noise than 64x64 does
 DEMO_SEED = 1
+# Faces drawn 1.6x the synthetic default (a close-up): the open mouth is about 10x12 pixels at 64x64, two
+# latent cells wide, where at 1.0 it is 6x7 pixels inside one cell.
+DEMO_FACE_SCALE = 1.6
 
 # Width 128 (2 heads of 64), 6 blocks, the audio adapter at the DiT width; 36 input channels as released.
 DEMO_TRANSFORMER: dict = {
@@ -68,28 +71,28 @@ DEMO_TRANSFORMER: dict = {
     "audio_adapter_heads": 2,
 }
 
-# The VAE trains in four runs, each continuing the last with a new schedule: from scratch; lower rate;
-# a heavy weight on the lips (1 % of the pixels, but what lip sync is seen in); then the decoder alone on
-# 17- and 33-frame clips (windows are 33 frames: a decoder trained on 9 drifts in colour over longer ones,
-# and its latents already carry the mouth: a linear probe on them predicts mouth opening with correlation
-# 0.94). `steps` is a fraction of --vae_steps.
+# The VAE trains in five runs, each continuing the last with a new schedule (docs/demo-model-next.md has
+# the measurements behind each). All are plain autoencoders (posterior mean, no KL: posterior noise was as
+# large as the change an opening mouth makes) with lips x10. A: single frames, 16 identities a step (how
+# many identities a step shows is what limits learning). B: frames alternating with clips. C: clips only,
+# up to the 33-frame windows. D, E: a clip's first frame is half the time another identity's, which stops
+# the causal decoder from copying later frames out of its cache of the first and makes it decode their own
+# latents, mouth included. `steps` is a fraction of --vae_steps; `seed_offset` is added to --seed;
+# `max_clips` (else --vae_clips) is how many clips a run draws from.
+_PLAIN = {"kl_weight": 0.0, "sample_posterior": False, "lip_weight": 10.0, "warmup_steps": 50}
+_CLIPS = ((4, 5), (2, 9), (1, 17), (1, 33))
 VAE_RUNS: tuple[dict, ...] = (
-    {
-        "steps": 1.0,
-        "learning_rate": 1e-3,
-        "final_learning_rate": 1e-4,
-        "warmup_steps": 100,
-        "lip_weight": 8.0,
-    },
-    {"steps": 1.0, "learning_rate": 5e-4, "final_learning_rate": 5e-5, "warmup_steps": 50, "lip_weight": 3.0},
-    {
-        "steps": 0.5,
-        "learning_rate": 3e-4,
-        "final_learning_rate": 3e-5,
-        "warmup_steps": 50,
-        "lip_weight": 60.0,
-    },
-)
+    {**_PLAIN, "steps": 0.5, "seed_offset": 0, "samples": ((16, 1),), "learning_rate": 1e-3,
+     "final_learning_rate": 1e-4},
+    {**_PLAIN, "steps": 0.4, "seed_offset": 1, "samples": ((16, 1), (4, 5), (16, 1), (2, 9), (16, 1), (1, 33)),
+     "learning_rate": 5e-4, "final_learning_rate": 2e-5},
+    {**_PLAIN, "steps": 0.4, "seed_offset": 2, "samples": _CLIPS, "learning_rate": 3e-4,
+     "final_learning_rate": 2e-5},
+    {**_PLAIN, "steps": 0.2, "seed_offset": -1, "samples": _CLIPS[:3], "learning_rate": 3e-4,
+     "final_learning_rate": 2e-5, "foreign_first": 0.5, "max_clips": 590},
+    {**_PLAIN, "steps": 0.6, "seed_offset": 3, "samples": _CLIPS, "learning_rate": 4e-4,
+     "final_learning_rate": 2e-5, "foreign_first": 0.5, "max_clips": 590},
+)  # fmt: skip
 
 # Prompts drawn at random for the training samples, so the model learns that the text carries nothing
 # (any prompt, and the Chinese default negative prompt of guidance, then give the same video).
@@ -150,7 +153,14 @@ def make_data(folder: Path, num_clips: int, seconds: float, seed: int) -> Path:
     if not list_file.is_file():
         staging = folder.with_name(folder.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
-        write_dataset(staging, num_clips=num_clips, seconds=seconds, size=(128, 128), seed=seed)
+        write_dataset(
+            staging,
+            num_clips=num_clips,
+            seconds=seconds,
+            size=(128, 128),
+            seed=seed,
+            face_scale=DEMO_FACE_SCALE,
+        )
         shutil.rmtree(folder, ignore_errors=True)
         staging.rename(folder)
         # the list holds absolute paths of the staging folder: point it at the final one
@@ -259,11 +269,11 @@ def run(args: argparse.Namespace) -> None:
         for index, run_settings in enumerate(VAE_RUNS):
             folder = vae_dir if index == len(VAE_RUNS) - 1 else work / f"vae_run{index + 1}"
             if not (folder / "config.json").is_file():
-                steps = int(args.vae_steps * run_settings["steps"])
-                options = {k: v for k, v in run_settings.items() if k != "steps"}
-                config = VaeTrainConfig(list_file, folder, size=DEMO_SIZE, max_train_steps=steps,
-                                        max_clips=args.vae_clips, seed=seed + index, init_from=previous,
-                                        **options)  # fmt: skip
+                options = {"max_clips": args.vae_clips, **run_settings}
+                steps = int(args.vae_steps * options.pop("steps"))
+                run_seed = seed + options.pop("seed_offset")
+                config = VaeTrainConfig(list_file, folder, size=DEMO_SIZE, max_train_steps=steps, seed=run_seed,
+                                        init_from=previous, **options)  # fmt: skip
                 timed("vae", lambda config=config: train_vae(config))
             previous = folder
     if (vae_dir / "config.json").is_file():  # the runs' own clocks, so a resumed run counts every part once
@@ -310,8 +320,8 @@ def model_card(report: dict, args: argparse.Namespace) -> str:
 
 A small StableAvatar of the released architecture (Wan DiT with the audio adapter and frame-local audio
 attention, a causal Wan VAE, umT5, CLIP vision and wav2vec2 encoders), trained from scratch on the CPU on
-synthetic cartoon faces by this project's own code. It draws cartoon faces of that kind at 64x64, whatever
-the reference image; it exists so the program can be seen working without the 20 GB release. For real
+synthetic cartoon faces by this project's own code. It draws close-up cartoon faces of that kind at 64x64,
+whatever the reference image; it exists so the program can be seen working without the 20 GB release. For real
 results, download the released weights (the repository README, "Using the released model").
 
 Trained with seed {args.seed} by
@@ -346,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vae_steps", type=int, default=3000, help="steps of a full VAE run (see VAE_RUNS)")
     parser.add_argument("--vae_clips", type=int, default=300, help="clips the VAE trains on")
     parser.add_argument("--samples_per_clip", type=int, default=2, help="cached windows per clip")
-    parser.add_argument("--dit_steps", type=int, default=2500)
+    parser.add_argument("--dit_steps", type=int, default=1500)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
     run(parser.parse_args(argv))
     return 0
