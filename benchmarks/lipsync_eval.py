@@ -41,7 +41,7 @@ FPS = 25
 TARGETS = {"lipsync_right": 0.6, "lipsync_wrong": 0.2, "identity_drop_60s": 0.01, "seam_ratio": 1.5}
 
 
-# ---- measures (numpy only; mouth_opening is wan.training.synthetic's) ----------------------------------------------------------------------------
+# ---- measures (numpy only; mouth_opening is wan.training.synthetic's) --------------------------------------
 def mouth_box(face_width: float, face_height: float, size: int, motion: tuple[float, float] = (0.02, 0.015)
               ) -> tuple[int, int, int, int]:  # fmt: skip
     """Pixel box (x0, y0, x1, y1), end exclusive, holding a synthetic face's mouth at any head offset.

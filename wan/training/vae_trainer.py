@@ -112,11 +112,12 @@ class ClipFrames:
         for _ in range(batch_size):
             pixels, lips = self.clips[int(rng.integers(len(self.clips)))]
             start = int(rng.integers(0, len(pixels) - num_frames + 1))
-            video, mask = pixels[start : start + num_frames].copy(), lips[start : start + num_frames].copy()
+            video, mask = pixels[start : start + num_frames], lips[start : start + num_frames]
             if num_frames > 1 and foreign_first > 0 and rng.random() < foreign_first:
                 other_pixels, other_lips = self.clips[int(rng.integers(len(self.clips)))]
                 frame = int(rng.integers(len(other_pixels)))
-                video[0], mask[0] = other_pixels[frame], other_lips[frame]
+                video = np.concatenate([other_pixels[frame : frame + 1], video[1:]])
+                mask = np.concatenate([other_lips[frame : frame + 1], mask[1:]])
             videos.append(video)
             masks.append(mask)
         video = torch.from_numpy(np.stack(videos)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
