@@ -6,6 +6,10 @@ import numpy as np
 import pytest
 
 from benchmarks.lipsync_eval import (
+    CONTROL_SEED,
+    HELD_OUT_SEED,
+    LIPSYNC_SECONDS,
+    TARGETS,
     best_lag,
     frame_changes,
     identity_similarity,
@@ -17,7 +21,7 @@ from benchmarks.lipsync_eval import (
     seam_frames,
     seam_statistics,
 )
-from wan.training.synthetic import FaceStyle, draw_face
+from wan.training.synthetic import FaceStyle, draw_face, loudness_per_frame, speech_audio
 
 
 def test_pearson_of_known_signals() -> None:
@@ -99,3 +103,15 @@ def test_seam_statistics_on_constructed_changes() -> None:
     assert statistics["seams"] == 4
     assert statistics["seam_ratio"] == pytest.approx(3.0)
     assert statistics["max_seam_ratio"] == pytest.approx(3.0)
+
+
+def test_the_control_speech_is_unrelated_to_the_held_out_speech() -> None:
+    """Over the lip-sync videos' length, the loudness of the control speech must not follow the held-out
+    speech's (else a mouth that follows the right audio would pass as following the wrong one too)."""
+    rng = np.random.default_rng(HELD_OUT_SEED)
+    FaceStyle.random(rng)  # write_clip draws the face before the speech
+    held_out = speech_audio(LIPSYNC_SECONDS, rng)
+    control = speech_audio(LIPSYNC_SECONDS, np.random.default_rng(CONTROL_SEED))
+    frames = int(LIPSYNC_SECONDS * 25)
+    correlation = pearson(loudness_per_frame(held_out, frames), loudness_per_frame(control, frames))
+    assert abs(correlation) < TARGETS["lipsync_wrong"] / 2
