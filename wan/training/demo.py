@@ -9,7 +9,7 @@ skipped when its output already exists (so an interrupted run continues where it
 
   data        synthetic close-up clips (4 s, 128x128; clip i has seed seed * 100003 + i) in talking_face_data layout
   vae         AutoencoderKLWan (16 latent channels, 8x spatial, 4x temporal) trained as an autoencoder at 64x64,
-              in five runs (`VAE_RUNS`), each continuing the last
+              in six runs (`VAE_RUNS`), each continuing the last
   precompute  the frozen encoders' outputs for windows of 33 frames (wan.training.encode.EncodedBatch files)
   dit         the transformer (with the audio adapter) trained by wan.training.trainer on those features
   assemble    StableAvatarPipeline.save_pretrained(--output), float32 safetensors
@@ -71,11 +71,11 @@ DEMO_TRANSFORMER: dict = {
     "audio_adapter_heads": 2,
 }
 
-# The VAE trains in five runs, each continuing the last with a new schedule (docs/demo-model-next.md has
+# The VAE trains in six runs, each continuing the last with a new schedule (docs/demo-model-next.md has
 # the measurements behind each). All are plain autoencoders (posterior mean, no KL: posterior noise was as
 # large as the change an opening mouth makes) with lips x10. A: single frames, 16 identities a step (how
 # many identities a step shows is what limits learning). B: frames alternating with clips. C: clips only,
-# up to the 33-frame windows. D, E: a clip's first frame is half the time another identity's, which stops
+# up to the 33-frame windows. D, E, F: a clip's first frame is half the time another identity's, which stops
 # the causal decoder from copying later frames out of its cache of the first and makes it decode their own
 # latents, mouth included. `steps` is a fraction of --vae_steps; `seed_offset` is added to --seed;
 # `max_clips` (else --vae_clips) is how many clips a run draws from.
@@ -92,6 +92,8 @@ VAE_RUNS: tuple[dict, ...] = (
      "final_learning_rate": 2e-5, "foreign_first": 0.5, "max_clips": 590},
     {**_PLAIN, "steps": 0.6, "seed_offset": 3, "samples": _CLIPS, "learning_rate": 4e-4,
      "final_learning_rate": 2e-5, "foreign_first": 0.5, "max_clips": 590},
+    {**_PLAIN, "steps": 0.6, "seed_offset": 4, "samples": _CLIPS, "learning_rate": 2e-4,
+     "final_learning_rate": 1e-5, "foreign_first": 0.5, "max_clips": 590},
 )  # fmt: skip
 
 # Prompts drawn at random for the training samples, so the model learns that the text carries nothing
@@ -356,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vae_steps", type=int, default=3000, help="steps of a full VAE run (see VAE_RUNS)")
     parser.add_argument("--vae_clips", type=int, default=300, help="clips the VAE trains on")
     parser.add_argument("--samples_per_clip", type=int, default=2, help="cached windows per clip")
-    parser.add_argument("--dit_steps", type=int, default=1500)
+    parser.add_argument("--dit_steps", type=int, default=3000)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
     run(parser.parse_args(argv))
     return 0
