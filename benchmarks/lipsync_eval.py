@@ -10,7 +10,10 @@ seed no training clip used (training clip i of seed s has seed s * 100003 + i); 
   of the region; the synthetic mouth interior is nearly black, so a wider-open mouth makes the region
   darker) correlated (Pearson) with the audio's loudness per frame. Control: the same mouth curve against
   the loudness of other held-out speech (and a video driven by that speech against the first audio). The
-  clip's own drawn frames give the ceiling the measure can reach.
+  clip's own drawn frames give the ceiling the measure can reach; `pooled_audio_ceiling` what a model can
+  reach that opens the mouth by the mean loudness of each latent frame's audio window (the frame-local
+  audio attention sees the window's tokens without their order, so a window wider than its frames blurs
+  them).
 * identity: a 60 s video from the same reference; per second, the mean similarity (1 - mean absolute
   pixel difference, outside the mouth region) of its frames to the reference image; the linear trend.
 * seams: frame-to-frame change where one window hands over to the next (both ends of every overlap)
@@ -82,6 +85,30 @@ def best_lag(a: np.ndarray, b: np.ndarray, max_lag: int = 4) -> tuple[int, float
         else:
             results.append((lag, pearson(a[:lag], b[-lag:])))
     return max(results, key=lambda item: item[1])
+
+
+def pooled_audio_ceiling(loudness: np.ndarray, window_padding: int, tokens_per_frame: int = 2) -> float:
+    """Lip sync (Pearson, per video frame) of a mouth that opens by the mean loudness of its latent frame's
+    audio window, as the DiT's frame-local audio attention sees it: an unordered set of wav2vec2 tokens
+    (attention has no positions), `4 * tokens_per_frame + 1 + 2 * window_padding` tokens wide, around
+    the latent frame's 4 video frames. What such a model can reach even with perfect loudness features;
+    the windows come from the model's own alignment code (`split_audio_tokens_per_frame`).
+
+    Args:
+        loudness: `[T]` per video frame.
+        window_padding: the transformer's `audio_window_padding` (4 released).
+    """
+    import torch
+
+    from wan.models.audio_alignment import split_audio_tokens_per_frame
+
+    num_frames = (len(loudness) - 1) // 4 * 4 + 1
+    tokens = torch.from_numpy(np.repeat(np.asarray(loudness[:num_frames], np.float64), tokens_per_frame))
+    windows = split_audio_tokens_per_frame(tokens[None, :, None], num_frames, window_padding)  # [1, F, n, 1]
+    per_latent = windows[0, :, :, 0].mean(dim=1).numpy()
+    # latent frame 0 is video frame 0; latent frame k >= 1 decodes to video frames 4k-3 .. 4k
+    per_frame = np.concatenate([per_latent[:1], np.repeat(per_latent[1:], 4)])
+    return pearson(per_frame, loudness[:num_frames])
 
 
 def identity_similarity(frames: np.ndarray, reference: np.ndarray, exclude: tuple[int, int, int, int] | None = None
@@ -223,6 +250,7 @@ def evaluate_pipeline(pipe, output: Path, settings: dict, seconds: float = LIPSY
         "lipsync_wrong_driven": pearson(mouth_wrong, loud_right),
         "lipsync_best_lag": {"frames": lag, "correlation": lag_correlation},
         "lipsync_ceiling_drawn_frames": pearson(mouth_opening(drawn, box), loud_right),
+        "lipsync_ceiling_pooled_audio": pooled_audio_ceiling(loud_right, pipe.transformer.config.audio_window_padding),
         # what the control can show at best: the two speeches' loudness curves against each other
         "control_audio_correlation": pearson(loud_right, loud_wrong),
         "seconds_for_lipsync_video": right_seconds,
@@ -338,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         ("lip sync, video driven by the wrong audio (<= 0.2)", f"{metrics['lipsync_wrong_driven']:.3f}"),
         ("best lag (frames, correlation)", f"{metrics['lipsync_best_lag']['frames']}, {metrics['lipsync_best_lag']['correlation']:.3f}"),
         ("ceiling: the drawn frames of the clip", f"{metrics['lipsync_ceiling_drawn_frames']:.3f}"),
+        ("ceiling: mean loudness of each latent frame's audio window", f"{metrics['lipsync_ceiling_pooled_audio']:.3f}"),
         ("the two speeches' loudness against each other", f"{metrics['control_audio_correlation']:.3f}"),
         ("identity, first 10 s / last 10 s", f"{metrics['identity_first_10s']:.4f} / {metrics['identity_last_10s']:.4f}"),
         ("identity drop per 60 s, linear fit (<= 0.01)", f"{metrics['identity_drop_60s']:+.4f}"),

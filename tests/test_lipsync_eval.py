@@ -19,6 +19,7 @@ from benchmarks.lipsync_eval import (
     mouth_opening,
     pearson,
     per_second,
+    pooled_audio_ceiling,
     seam_frames,
     seam_statistics,
 )
@@ -54,6 +55,17 @@ def test_mouth_opening_follows_the_drawn_mouth(seed) -> None:
                        for m, o in zip(openings, offsets, strict=True)])  # fmt: skip
     box = mouth_box(style.face_width, style.face_height, size)
     assert pearson(mouth_opening(frames, box), openings) > 0.95
+
+
+def test_pooled_audio_ceiling_is_set_by_how_far_a_window_reaches_past_its_frames() -> None:
+    rng = np.random.default_rng(5)
+    # loudness constant over each latent frame's 4 video frames, independent between them
+    chunked = np.concatenate([rng.uniform(0, 1, 1), np.repeat(rng.uniform(0, 1, 200), 4)])
+    tight, released = pooled_audio_ceiling(chunked, 0), pooled_audio_ceiling(chunked, 4)
+    assert tight > 0.95  # 8 of its 9 tokens are its own frames'
+    assert released < 0.8  # 17 tokens: 9 of them belong to the neighbours
+    slow = np.sin(np.linspace(0, 6, 801))  # barely changes over a window: nothing is lost
+    assert pooled_audio_ceiling(slow, 4) > 0.99
 
 
 def test_mouth_box_holds_the_lips_at_every_head_offset() -> None:
