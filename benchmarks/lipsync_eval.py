@@ -250,7 +250,9 @@ def evaluate_pipeline(pipe, output: Path, settings: dict, seconds: float = LIPSY
         "lipsync_wrong_driven": pearson(mouth_wrong, loud_right),
         "lipsync_best_lag": {"frames": lag, "correlation": lag_correlation},
         "lipsync_ceiling_drawn_frames": pearson(mouth_opening(drawn, box), loud_right),
-        "lipsync_ceiling_pooled_audio": pooled_audio_ceiling(loud_right, pipe.transformer.config.audio_window_padding),
+        "lipsync_ceiling_pooled_audio": pooled_audio_ceiling(
+            loud_right, pipe.transformer.config.audio_window_padding
+        ),
         # what the control can show at best: the two speeches' loudness curves against each other
         "control_audio_correlation": pearson(loud_right, loud_wrong),
         "seconds_for_lipsync_video": right_seconds,
