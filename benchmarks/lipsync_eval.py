@@ -111,6 +111,35 @@ def pooled_audio_ceiling(loudness: np.ndarray, window_padding: int, tokens_per_f
     return pearson(per_frame, loudness[:num_frames])
 
 
+def latent_frame_split(mouth: np.ndarray, loudness: np.ndarray) -> dict:
+    """How a mouth curve follows loudness across latent frames and inside them.
+
+    Video frames 4k-3 .. 4k belong to latent frame k (frame 0 and any ragged tail are left out).
+    `grouped`: correlation of the two curves' means per latent frame; `within`: correlation of what is
+    left after subtracting those means; `within_share`: the share of the mouth's variance inside latent
+    frames (a mouth that is constant within each latent frame has 0 and a `within` of 0).
+    """
+    groups = (min(len(mouth), len(loudness)) - 1) // 4
+    m = np.asarray(mouth[1 : 1 + 4 * groups], np.float64).reshape(groups, 4)
+    a = np.asarray(loudness[1 : 1 + 4 * groups], np.float64).reshape(groups, 4)
+    m_inside, a_inside = m - m.mean(axis=1, keepdims=True), a - a.mean(axis=1, keepdims=True)
+    return {"grouped": pearson(m.mean(axis=1), a.mean(axis=1)),
+            "within": pearson(m_inside.ravel(), a_inside.ravel()),
+            "within_share": float(m_inside.var() / m.var()) if m.var() > 0 else 0.0}  # fmt: skip
+
+
+def vae_round_trip(vae, frames: np.ndarray) -> np.ndarray:
+    """`[T, H, W, 3]` uint8 frames encoded (posterior mean) and decoded again by `vae`, as uint8; the
+    first 4k+1 frames (whole latent frames)."""
+    import torch
+
+    count = (len(frames) - 1) // 4 * 4 + 1
+    pixels = torch.from_numpy(frames[:count]).float().permute(3, 0, 1, 2)[None] / 127.5 - 1.0
+    with torch.no_grad():
+        decoded = vae.decode(vae.encode(pixels).latent_dist.mode()).sample[0, :, :count]
+    return ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()
+
+
 def identity_similarity(frames: np.ndarray, reference: np.ndarray, exclude: tuple[int, int, int, int] | None = None
                         ) -> np.ndarray:  # fmt: skip
     """`[T]` 1 - mean absolute difference (pixels in [0, 1]) of each frame to `reference`, outside `exclude`."""
@@ -243,6 +272,7 @@ def evaluate_pipeline(pipe, output: Path, settings: dict, seconds: float = LIPSY
     drawn = np.stack([np.asarray(Image.open(clip / "images" / f"frame_{i}.png").convert("RGB")
                                  .resize((size, size), Image.Resampling.BICUBIC)) for i in range(count)])  # fmt: skip
     lag, lag_correlation = best_lag(mouth_right, loud_right)
+    mouth_vae = mouth_opening(vae_round_trip(pipe.vae, drawn), box)
     metrics: dict = {
         "settings": settings,
         "lipsync_right": pearson(mouth_right, loud_right),
@@ -250,6 +280,12 @@ def evaluate_pipeline(pipe, output: Path, settings: dict, seconds: float = LIPSY
         "lipsync_wrong_driven": pearson(mouth_wrong, loud_right),
         "lipsync_best_lag": {"frames": lag, "correlation": lag_correlation},
         "lipsync_ceiling_drawn_frames": pearson(mouth_opening(drawn, box), loud_right),
+        # the drawn frames through the VAE: what any transformer producing latents can reach at best
+        "lipsync_ceiling_vae": pearson(mouth_vae, loud_right[: len(mouth_vae)]),
+        "latent_frame_split": {
+            "generated": latent_frame_split(mouth_right, loud_right),
+            "vae": latent_frame_split(mouth_vae, loud_right),
+        },  # fmt: skip
         "lipsync_ceiling_pooled_audio": pooled_audio_ceiling(
             loud_right, pipe.transformer.config.audio_window_padding
         ),
@@ -368,6 +404,10 @@ def main(argv: list[str] | None = None) -> int:
         ("lip sync, video driven by the wrong audio (<= 0.2)", f"{metrics['lipsync_wrong_driven']:.3f}"),
         ("best lag (frames, correlation)", f"{metrics['lipsync_best_lag']['frames']}, {metrics['lipsync_best_lag']['correlation']:.3f}"),
         ("ceiling: the drawn frames of the clip", f"{metrics['lipsync_ceiling_drawn_frames']:.3f}"),
+        ("ceiling: the drawn frames through the VAE", f"{metrics['lipsync_ceiling_vae']:.3f}"),
+        *[(f"{name}: across latent frames / inside them (share of variance)",
+           f"{split['grouped']:.3f} / {split['within']:.3f} ({split['within_share']:.0%})")
+          for name, split in metrics["latent_frame_split"].items()],
         ("ceiling: mean loudness of each latent frame's audio window", f"{metrics['lipsync_ceiling_pooled_audio']:.3f}"),
         ("the two speeches' loudness against each other", f"{metrics['control_audio_correlation']:.3f}"),
         ("identity, first 10 s / last 10 s", f"{metrics['identity_first_10s']:.4f} / {metrics['identity_last_10s']:.4f}"),

@@ -14,6 +14,7 @@ from benchmarks.lipsync_eval import (
     best_lag,
     frame_changes,
     identity_similarity,
+    latent_frame_split,
     linear_drop,
     mouth_box,
     mouth_opening,
@@ -66,6 +67,21 @@ def test_pooled_audio_ceiling_is_set_by_how_far_a_window_reaches_past_its_frames
     assert released < 0.8  # 17 tokens: 9 of them belong to the neighbours
     slow = np.sin(np.linspace(0, 6, 801))  # barely changes over a window: nothing is lost
     assert pooled_audio_ceiling(slow, 4) > 0.99
+
+
+def test_latent_frame_split_separates_the_means_of_latent_frames_from_what_is_inside_them() -> None:
+    # independent frames: 3/4 of the variance is inside groups of 4
+    loudness = np.random.default_rng(2).uniform(0, 1, 4001)
+    assert latent_frame_split(loudness, loudness) == pytest.approx({"grouped": 1.0, "within": 1.0,
+                                                                   "within_share": 0.75}, abs=0.02)  # fmt: skip
+    # a mouth holding each latent frame's mean loudness: right across latent frames, nothing inside
+    held = np.concatenate([loudness[:1], np.repeat(loudness[1:].reshape(-1, 4).mean(axis=1), 4)])
+    split = latent_frame_split(held, loudness)
+    assert split["grouped"] == pytest.approx(1.0) and split["within"] == 0.0 and split["within_share"] == 0.0
+    # the reverse: right inside latent frames, the means constant (up to rounding, so not their correlation)
+    inside = loudness - np.concatenate([[0.0], np.repeat(loudness[1:].reshape(-1, 4).mean(axis=1), 4)])
+    split = latent_frame_split(inside, loudness)
+    assert split["within"] == pytest.approx(1.0) and split["within_share"] == pytest.approx(1.0)
 
 
 def test_mouth_box_holds_the_lips_at_every_head_offset() -> None:
