@@ -58,6 +58,11 @@ DEMO_SEED = 1
 DEMO_FACE_SCALE = 1.6
 
 # Width 128 (2 heads of 64), 6 blocks, the audio adapter at the DiT width; 36 input channels as released.
+# Audio windows without padding: frame-local audio attention sees a latent frame's wav2vec2 tokens as an
+# unordered set, so the released padding of 4 (17 tokens, 8.5 video frames around a latent frame's 4) blurs
+# which frames are loud. The synthetic mouths follow the loudness of their own frame exactly; a mouth opening
+# by its window's mean loudness reaches a lip sync of 0.59 with padding 4 and 0.73 with 0
+# (`benchmarks.lipsync_eval.pooled_audio_ceiling`); the demo DiT measured 0.56 and 0.68 (docs/demo-model-next.md).
 DEMO_TRANSFORMER: dict = {
     **STABLEAVATAR_1_3B,
     "num_attention_heads": 2,
@@ -69,6 +74,7 @@ DEMO_TRANSFORMER: dict = {
     "added_kv_proj_dim": 128,
     "audio_proj_dims": (128,),
     "audio_adapter_heads": 2,
+    "audio_window_padding": 0,
 }
 
 # The VAE trains in six runs, each continuing the last with a new schedule (docs/demo-model-next.md has
