@@ -128,18 +128,6 @@ def latent_frame_split(mouth: np.ndarray, loudness: np.ndarray) -> dict:
             "within_share": float(m_inside.var() / m.var()) if m.var() > 0 else 0.0}  # fmt: skip
 
 
-def vae_round_trip(vae, frames: np.ndarray) -> np.ndarray:
-    """`[T, H, W, 3]` uint8 frames encoded (posterior mean) and decoded again by `vae`, as uint8; the
-    first 4k+1 frames (whole latent frames)."""
-    import torch
-
-    count = (len(frames) - 1) // 4 * 4 + 1
-    pixels = torch.from_numpy(frames[:count]).float().permute(3, 0, 1, 2)[None] / 127.5 - 1.0
-    with torch.no_grad():
-        decoded = vae.decode(vae.encode(pixels).latent_dist.mode()).sample[0, :, :count]
-    return ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()
-
-
 def identity_similarity(frames: np.ndarray, reference: np.ndarray, exclude: tuple[int, int, int, int] | None = None
                         ) -> np.ndarray:  # fmt: skip
     """`[T]` 1 - mean absolute difference (pixels in [0, 1]) of each frame to `reference`, outside `exclude`."""
@@ -245,6 +233,7 @@ def evaluate_pipeline(pipe, output: Path, settings: dict, seconds: float = LIPSY
     from wan.media import load_audio
     from wan.training.demo import DEMO_FACE_SCALE
     from wan.training.synthetic import FaceStyle, loudness_per_frame, speech_audio, write_clip
+    from wan.training.vae_trainer import reconstruct_frames
 
     face_scale = DEMO_FACE_SCALE if face_scale is None else face_scale
 
@@ -272,7 +261,7 @@ def evaluate_pipeline(pipe, output: Path, settings: dict, seconds: float = LIPSY
     drawn = np.stack([np.asarray(Image.open(clip / "images" / f"frame_{i}.png").convert("RGB")
                                  .resize((size, size), Image.Resampling.BICUBIC)) for i in range(count)])  # fmt: skip
     lag, lag_correlation = best_lag(mouth_right, loud_right)
-    mouth_vae = mouth_opening(vae_round_trip(pipe.vae, drawn), box)
+    mouth_vae = mouth_opening(reconstruct_frames(pipe.vae, drawn), box)
     metrics: dict = {
         "settings": settings,
         "lipsync_right": pearson(mouth_right, loud_right),

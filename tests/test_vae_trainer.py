@@ -85,6 +85,16 @@ class _FakeAutoencoder:
         return type("Decoded", (), {"sample": self.reconstruct(z)})()
 
 
+def test_reconstruct_frames_keeps_whole_latent_frames_in_the_unit_range() -> None:
+    from wan.training.vae_trainer import reconstruct_frames
+
+    frames = np.random.default_rng(0).integers(0, 256, (35, 8, 8, 3), dtype=np.uint8)
+    kept = reconstruct_frames(_FakeAutoencoder(lambda video: video), frames)
+    assert kept.shape == (33, 8, 8, 3)  # 35 frames hold 1 + 4 * 8 whole latent frames
+    np.testing.assert_allclose(kept, frames[:33] / 255.0, atol=1e-6)
+    assert reconstruct_frames(_FakeAutoencoder(lambda video: 3 * video), frames).max() == 1.0  # clamped
+
+
 def test_mouth_reconstruction_correlation_tells_a_kept_mouth_from_a_lost_one(tmp_path) -> None:
     from wan.training.vae_trainer import mouth_reconstruction_correlation
 

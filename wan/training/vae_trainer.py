@@ -196,6 +196,16 @@ def latent_statistics(
 
 
 @torch.no_grad()
+def reconstruct_frames(vae: AutoencoderKLWan, frames: np.ndarray) -> np.ndarray:
+    """`[T, H, W, 3]` uint8 frames encoded (posterior mean) and decoded again: `[T', H, W, 3]` floats in
+    [0, 1], T' = 1 + 4 * ((T - 1) // 4) (the whole latent frames)."""
+    count = 1 + (len(frames) - 1) // 4 * 4
+    video = torch.from_numpy(frames[:count][None]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+    reconstruction = vae.decode(vae.encode(video).latent_dist.mode()).sample.clamp(-1.0, 1.0)
+    return ((reconstruction[0, :, :count].permute(1, 2, 3, 0) + 1.0) / 2.0).numpy()
+
+
+@torch.no_grad()
 def mouth_reconstruction_correlation(
     vae: AutoencoderKLWan, frames: ClipFrames, num_frames: int = 33
 ) -> list[float]:
@@ -206,10 +216,8 @@ def mouth_reconstruction_correlation(
     for pixels, lips in frames.clips:
         ys, xs = np.nonzero(lips[:num_frames].max(axis=0))
         box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-        video = torch.from_numpy(pixels[:num_frames][None]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
-        reconstruction = vae.decode(vae.encode(video).latent_dist.mode()).sample.clamp(-1.0, 1.0)
-        decoded = ((reconstruction[0].permute(1, 2, 3, 0) + 1.0) / 2.0).numpy()  # [T, H, W, 3] in [0, 1]
-        drawn, decoded = mouth_opening(pixels[:num_frames], box), mouth_opening(decoded, box)
+        decoded = mouth_opening(reconstruct_frames(vae, pixels[:num_frames]), box)
+        drawn = mouth_opening(pixels[: len(decoded)], box)
         correlations.append(float(np.corrcoef(drawn, decoded)[0, 1]))
     return correlations
 
