@@ -62,7 +62,7 @@ DEMO_FACE_SCALE = 1.6
 # unordered set, so the released padding of 4 (17 tokens, 8.5 video frames around a latent frame's 4) blurs
 # which frames are loud. The synthetic mouths follow the loudness of their own frame exactly; a mouth opening
 # by its window's mean loudness reaches a lip sync of 0.59 with padding 4 and 0.73 with 0
-# (`benchmarks.lipsync_eval.pooled_audio_ceiling`); the demo DiT measured 0.56 and 0.68 (docs/demo-model-next.md).
+# (`benchmarks.lipsync_eval.pooled_audio_ceiling`); the demo DiT measured 0.55 and 0.68 (docs/demo-model-next.md).
 DEMO_TRANSFORMER: dict = {
     **STABLEAVATAR_1_3B,
     "num_attention_heads": 2,
