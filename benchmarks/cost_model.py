@@ -31,8 +31,9 @@ SIZES = ((512, 512), (480, 832), (832, 480))
 GPUS = {"RTX 4090": 165.2, "H100 SXM": 989.0}
 
 
-def forward_flops(config: dict, width: int, height: int, batch: int = 3, frames: int = 81,
-                  cached_text_image: bool = False) -> int:  # fmt: skip
+def forward_flops(
+    config: dict, width: int, height: int, batch: int = 3, frames: int = 81, cached_text_image: bool = False
+) -> int:
     """FLOPs of one forward; `cached_text_image`: of a later forward that reads the text/image keys and
     values from the `CrossAttentionCache` the first one filled (what the sampler does)."""
     with torch.device("meta"):
@@ -80,20 +81,28 @@ def main() -> None:
             flops = forward_flops(config, width, height)
             cached = forward_flops(config, width, height, cached_text_image=True)
             per_second = cached * windows * args.steps / args.seconds  # the sampler caches by default
-            row = {"model": name, "size": f"{width}x{height}", "TFLOP_per_window_step": flops / 1e12,
-                   "PFLOP_per_video_s": per_second / 1e15,
-                   "text_image_cache_saves": f"{1 - cached / flops:.2%}"}  # fmt: skip
+            row = {
+                "model": name,
+                "size": f"{width}x{height}",
+                "TFLOP_per_window_step": flops / 1e12,
+                "PFLOP_per_video_s": per_second / 1e15,
+                "text_image_cache_saves": f"{1 - cached / flops:.2%}",
+            }
             for gpu, peak in GPUS.items():
                 row[f"{gpu}_s_per_video_s"] = per_second / (args.utilization * peak * 1e12)
             rows.append(row)
-    print(f"{args.steps} steps, overlap {args.overlap}, guidance every step: {windows} windows for {args.seconds:.0f} s, "
-          f"{calls_per_second:.1f} sample-forwards per video second; utilization {args.utilization:.0%}")  # fmt: skip
+    print(
+        f"{args.steps} steps, overlap {args.overlap}, guidance every step: {windows} windows for {args.seconds:.0f} s, "
+        f"{calls_per_second:.1f} sample-forwards per video second; utilization {args.utilization:.0%}"
+    )
     print_table(rows, list(rows[0]))
     five = windows_for(5.0, args.overlap)
     flops = forward_flops(STABLEAVATAR_1_3B, 480, 832)
     seconds = flops * five * args.steps / (args.utilization * GPUS["RTX 4090"] * 1e12)
-    print(f"published figure: 5 s of 480x832, 1.3B, 50 steps on an RTX 4090 in about 3 minutes; this model: {five} "
-          f"windows -> {seconds / 60:.1f} min of transformer time at {args.utilization:.0%} utilization")  # fmt: skip
+    print(
+        f"published figure: 5 s of 480x832, 1.3B, 50 steps on an RTX 4090 in about 3 minutes; this model: {five} "
+        f"windows -> {seconds / 60:.1f} min of transformer time at {args.utilization:.0%} utilization"
+    )
 
 
 if __name__ == "__main__":

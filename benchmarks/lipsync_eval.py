@@ -50,8 +50,9 @@ PLOT_SECONDS = 20  # the plot shows the start of the lip-sync video; 60 s of fra
 
 
 # ---- measures (numpy only; mouth_opening is wan.training.synthetic's) --------------------------------------
-def mouth_box(face_width: float, face_height: float, size: int, motion: tuple[float, float] = (0.02, 0.015)
-              ) -> tuple[int, int, int, int]:  # fmt: skip
+def mouth_box(
+    face_width: float, face_height: float, size: int, motion: tuple[float, float] = (0.02, 0.015)
+) -> tuple[int, int, int, int]:
     """Pixel box (x0, y0, x1, y1), end exclusive, holding a synthetic face's mouth at any head offset.
 
     `face_width`/`face_height` are the `FaceStyle` fractions; the mouth is drawn centred at
@@ -123,13 +124,16 @@ def latent_frame_split(mouth: np.ndarray, loudness: np.ndarray) -> dict:
     m = np.asarray(mouth[1 : 1 + 4 * groups], np.float64).reshape(groups, 4)
     a = np.asarray(loudness[1 : 1 + 4 * groups], np.float64).reshape(groups, 4)
     m_inside, a_inside = m - m.mean(axis=1, keepdims=True), a - a.mean(axis=1, keepdims=True)
-    return {"grouped": pearson(m.mean(axis=1), a.mean(axis=1)),
-            "within": pearson(m_inside.ravel(), a_inside.ravel()),
-            "within_share": float(m_inside.var() / m.var()) if m.var() > 0 else 0.0}  # fmt: skip
+    return {
+        "grouped": pearson(m.mean(axis=1), a.mean(axis=1)),
+        "within": pearson(m_inside.ravel(), a_inside.ravel()),
+        "within_share": float(m_inside.var() / m.var()) if m.var() > 0 else 0.0,
+    }
 
 
-def identity_similarity(frames: np.ndarray, reference: np.ndarray, exclude: tuple[int, int, int, int] | None = None
-                        ) -> np.ndarray:  # fmt: skip
+def identity_similarity(
+    frames: np.ndarray, reference: np.ndarray, exclude: tuple[int, int, int, int] | None = None
+) -> np.ndarray:
     """`[T]` 1 - mean absolute difference (pixels in [0, 1]) of each frame to `reference`, outside `exclude`."""
     difference = np.abs(frames.astype(np.float32) - reference.astype(np.float32)[None]) / 255.0
     keep = np.ones(reference.shape[:2], bool)
@@ -189,12 +193,16 @@ def seam_statistics(changes: np.ndarray, seams: list[int]) -> dict:
     median = float(np.median(changes[inside]))
     median_boundary = float(np.median(changes[boundaries])) if boundaries.any() else median
     at_seams = changes[seam_mask]
-    return {"seams": len(seams), "median_in_window_change": median,
-            "mean_seam_change": float(at_seams.mean()) if len(at_seams) else 0.0,
-            "seam_ratio": float(at_seams.mean() / median) if len(at_seams) and median > 0 else 0.0,
-            "max_seam_ratio": float(at_seams.max() / median) if len(at_seams) and median > 0 else 0.0,
-            "seam_ratio_vs_latent_boundaries": float(at_seams.mean() / median_boundary)
-            if len(at_seams) and median_boundary > 0 else 0.0}  # fmt: skip
+    return {
+        "seams": len(seams),
+        "median_in_window_change": median,
+        "mean_seam_change": float(at_seams.mean()) if len(at_seams) else 0.0,
+        "seam_ratio": float(at_seams.mean() / median) if len(at_seams) and median > 0 else 0.0,
+        "max_seam_ratio": float(at_seams.max() / median) if len(at_seams) and median > 0 else 0.0,
+        "seam_ratio_vs_latent_boundaries": float(at_seams.mean() / median_boundary)
+        if len(at_seams) and median_boundary > 0
+        else 0.0,
+    }
 
 
 # ---- generation ---------------------------------------------------------------------------------------
@@ -209,13 +217,27 @@ def generate(
 ) -> tuple[np.ndarray, float]:
     """Frames `[T, H, W, 3]` uint8 of the pipeline's video (also written as `folder/video.mp4`), seconds."""
     started = time.monotonic()
-    pipe(reference, audio, prompt="The protagonist is talking", output_path=folder / "video.mp4",
-         frames_dir=folder / "frames", seed=0, progress=False, **settings)  # fmt: skip
+    pipe(
+        reference,
+        audio,
+        prompt="The protagonist is talking",
+        output_path=folder / "video.mp4",
+        frames_dir=folder / "frames",
+        seed=0,
+        progress=False,
+        **settings,
+    )
     return read_frames(folder / "frames"), time.monotonic() - started
 
 
-def evaluate(model_dir: Path, output: Path, settings: dict, seconds: float = LIPSYNC_SECONDS, identity_seconds: float = 60.0,
-             face_scale: float | None = None) -> dict:  # fmt: skip
+def evaluate(
+    model_dir: Path,
+    output: Path,
+    settings: dict,
+    seconds: float = LIPSYNC_SECONDS,
+    identity_seconds: float = 60.0,
+    face_scale: float | None = None,
+) -> dict:
     """Load the pipeline of `model_dir` (float32) and `evaluate_pipeline` it."""
     import torch
 
@@ -225,8 +247,15 @@ def evaluate(model_dir: Path, output: Path, settings: dict, seconds: float = LIP
     return evaluate_pipeline(pipe, output, settings, seconds, identity_seconds, face_scale=face_scale)
 
 
-def evaluate_pipeline(pipe, output: Path, settings: dict, seconds: float = LIPSYNC_SECONDS, identity_seconds: float = 60.0,
-                      plot_path: Path | None = None, face_scale: float | None = None) -> dict:  # fmt: skip
+def evaluate_pipeline(
+    pipe,
+    output: Path,
+    settings: dict,
+    seconds: float = LIPSYNC_SECONDS,
+    identity_seconds: float = 60.0,
+    plot_path: Path | None = None,
+    face_scale: float | None = None,
+) -> dict:
     """Every measure for `pipe` generating with `settings` (StableAvatarPipeline keyword arguments); writes
     `metrics.json`, the videos and the plot (`plot_path`, default `output/lipsync.png`) to `output`.
     The held-out face is drawn at `face_scale` (default: the demo model's training faces')."""
@@ -258,8 +287,16 @@ def evaluate_pipeline(pipe, output: Path, settings: dict, seconds: float = LIPSY
     loud_wrong = loudness_per_frame(wrong_audio, count)
     mouth_right = mouth_opening(right_frames[:count], box)
     mouth_wrong = mouth_opening(wrong_frames[:count], box)
-    drawn = np.stack([np.asarray(Image.open(clip / "images" / f"frame_{i}.png").convert("RGB")
-                                 .resize((size, size), Image.Resampling.BICUBIC)) for i in range(count)])  # fmt: skip
+    drawn = np.stack(
+        [
+            np.asarray(
+                Image.open(clip / "images" / f"frame_{i}.png")
+                .convert("RGB")
+                .resize((size, size), Image.Resampling.BICUBIC)
+            )
+            for i in range(count)
+        ]
+    )
     lag, lag_correlation = best_lag(mouth_right, loud_right)
     mouth_vae = mouth_opening(reconstruct_frames(pipe.vae, drawn), box)
     metrics: dict = {
@@ -274,7 +311,7 @@ def evaluate_pipeline(pipe, output: Path, settings: dict, seconds: float = LIPSY
         "latent_frame_split": {
             "generated": latent_frame_split(mouth_right, loud_right),
             "vae": latent_frame_split(mouth_vae, loud_right),
-        },  # fmt: skip
+        },
         "lipsync_ceiling_pooled_audio": pooled_audio_ceiling(
             loud_right, pipe.transformer.config.audio_window_padding
         ),
@@ -287,24 +324,27 @@ def evaluate_pipeline(pipe, output: Path, settings: dict, seconds: float = LIPSY
     long_frames, long_seconds = generate(pipe, reference_path, long_audio, output / "one_minute", settings)
     similarity = per_second(identity_similarity(long_frames, reference, exclude=box))
     first = per_second(identity_similarity(long_frames, long_frames[0], exclude=box))
-    metrics.update({
-        "identity_per_second": similarity.round(4).tolist(),
-        "identity_first_10s": float(similarity[:10].mean()),
-        "identity_last_10s": float(similarity[-10:].mean()),
-        "identity_drop_60s": linear_drop(similarity, span=60.0),
-        "identity_to_first_frame_drop_60s": linear_drop(first, span=60.0),
-        "seconds_for_identity_video": long_seconds,
-    })  # fmt: skip
+    metrics.update(
+        {
+            "identity_per_second": similarity.round(4).tolist(),
+            "identity_first_10s": float(similarity[:10].mean()),
+            "identity_last_10s": float(similarity[-10:].mean()),
+            "identity_drop_60s": linear_drop(similarity, span=60.0),
+            "identity_to_first_frame_drop_60s": linear_drop(first, span=60.0),
+            "seconds_for_identity_video": long_seconds,
+        }
+    )
     changes = frame_changes(long_frames)
     metrics.update(
         seam_statistics(changes, seam_frames(len(long_frames), settings["clip_length"], settings["overlap"]))
     )
     metrics["passed"] = {
         "lipsync_right": metrics["lipsync_right"] >= TARGETS["lipsync_right"],
-        "lipsync_wrong": max(abs(metrics["lipsync_wrong"]), abs(metrics["lipsync_wrong_driven"])) <= TARGETS["lipsync_wrong"],
+        "lipsync_wrong": max(abs(metrics["lipsync_wrong"]), abs(metrics["lipsync_wrong_driven"]))
+        <= TARGETS["lipsync_wrong"],
         "identity": metrics["identity_drop_60s"] <= TARGETS["identity_drop_60s"],
         "seams": metrics["seam_ratio"] <= TARGETS["seam_ratio"],
-    }  # fmt: skip
+    }
     plot(
         plot_path or output / "lipsync.png",
         mouth_right,
@@ -329,8 +369,10 @@ def plot(path: Path, mouth_right, loud_right, loud_wrong, similarity, metrics: d
 
     shown = slice(0, PLOT_SECONDS * FPS)  # standardised over the whole video, drawn for its start
     seconds = (np.arange(len(mouth_right)) / FPS)[shown]
-    curves = {name: _standardise(values)[shown] for name, values in
-              (("loud_right", loud_right), ("loud_wrong", loud_wrong), ("mouth", mouth_right))}  # fmt: skip
+    curves = {
+        name: _standardise(values)[shown]
+        for name, values in (("loud_right", loud_right), ("loud_wrong", loud_wrong), ("mouth", mouth_right))
+    }
     figure, axes = plt.subplots(3, 1, figsize=(10, 9))
     axes[0].plot(seconds, curves["loud_right"], color="tab:orange", label="audio loudness")
     axes[0].plot(seconds, curves["mouth"], color="tab:blue", label="mouth opening (generated)")
@@ -359,8 +401,11 @@ def main(argv: list[str] | None = None) -> int:
     from wan.training.demo import demo_generation_settings
 
     defaults = demo_generation_settings()
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.lipsync_eval", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.lipsync_eval",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--model_dir", type=Path, default=Path("checkpoints/demo"))
     parser.add_argument("--output", type=Path, default=Path("outputs/lipsync_eval"))
     parser.add_argument("--steps", type=int, default=defaults["num_inference_steps"])
@@ -382,8 +427,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    settings = {**defaults, "num_inference_steps": args.steps, "audio_guidance_scale": args.audio_guidance,
-                "text_guidance_scale": args.text_guidance, "overlap": args.overlap}  # fmt: skip
+    settings = {
+        **defaults,
+        "num_inference_steps": args.steps,
+        "audio_guidance_scale": args.audio_guidance,
+        "text_guidance_scale": args.text_guidance,
+        "overlap": args.overlap,
+    }
     metrics = evaluate(
         args.model_dir, args.output, settings, args.seconds, args.identity_seconds, args.face_scale
     )
@@ -391,21 +441,39 @@ def main(argv: list[str] | None = None) -> int:
         ("lip sync, right audio (>= 0.6)", f"{metrics['lipsync_right']:.3f}"),
         ("lip sync, wrong audio, same video (<= 0.2)", f"{metrics['lipsync_wrong']:.3f}"),
         ("lip sync, video driven by the wrong audio (<= 0.2)", f"{metrics['lipsync_wrong_driven']:.3f}"),
-        ("best lag (frames, correlation)", f"{metrics['lipsync_best_lag']['frames']}, {metrics['lipsync_best_lag']['correlation']:.3f}"),
+        (
+            "best lag (frames, correlation)",
+            f"{metrics['lipsync_best_lag']['frames']}, {metrics['lipsync_best_lag']['correlation']:.3f}",
+        ),
         ("ceiling: the drawn frames of the clip", f"{metrics['lipsync_ceiling_drawn_frames']:.3f}"),
         ("ceiling: the drawn frames through the VAE", f"{metrics['lipsync_ceiling_vae']:.3f}"),
-        *[(f"{name}: across latent frames / inside them (share of variance)",
-           f"{split['grouped']:.3f} / {split['within']:.3f} ({split['within_share']:.0%})")
-          for name, split in metrics["latent_frame_split"].items()],
-        ("ceiling: mean loudness of each latent frame's audio window", f"{metrics['lipsync_ceiling_pooled_audio']:.3f}"),
+        *[
+            (
+                f"{name}: across latent frames / inside them (share of variance)",
+                f"{split['grouped']:.3f} / {split['within']:.3f} ({split['within_share']:.0%})",
+            )
+            for name, split in metrics["latent_frame_split"].items()
+        ],
+        (
+            "ceiling: mean loudness of each latent frame's audio window",
+            f"{metrics['lipsync_ceiling_pooled_audio']:.3f}",
+        ),
         ("the two speeches' loudness against each other", f"{metrics['control_audio_correlation']:.3f}"),
-        ("identity, first 10 s / last 10 s", f"{metrics['identity_first_10s']:.4f} / {metrics['identity_last_10s']:.4f}"),
+        (
+            "identity, first 10 s / last 10 s",
+            f"{metrics['identity_first_10s']:.4f} / {metrics['identity_last_10s']:.4f}",
+        ),
         ("identity drop per 60 s, linear fit (<= 0.01)", f"{metrics['identity_drop_60s']:+.4f}"),
-        ("seam change / median in-window change (<= 1.5)", f"{metrics['seam_ratio']:.2f} (max {metrics['max_seam_ratio']:.2f}, "
-         f"vs latent boundaries {metrics['seam_ratio_vs_latent_boundaries']:.2f}, {metrics['seams']} seams)"),
-        (f"seconds to generate the {args.seconds:g} s / {args.identity_seconds:g} s videos",
-         f"{metrics['seconds_for_lipsync_video']:.1f} / {metrics['seconds_for_identity_video']:.1f}"),
-    ]  # fmt: skip
+        (
+            "seam change / median in-window change (<= 1.5)",
+            f"{metrics['seam_ratio']:.2f} (max {metrics['max_seam_ratio']:.2f}, "
+            f"vs latent boundaries {metrics['seam_ratio_vs_latent_boundaries']:.2f}, {metrics['seams']} seams)",
+        ),
+        (
+            f"seconds to generate the {args.seconds:g} s / {args.identity_seconds:g} s videos",
+            f"{metrics['seconds_for_lipsync_video']:.1f} / {metrics['seconds_for_identity_video']:.1f}",
+        ),
+    ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name.ljust(width)}  {value}")

@@ -39,8 +39,12 @@ def generate(seconds: float, size: int, streaming: bool) -> dict:
                 std = torch.tensor(pipe.vae.config.latents_std).view(1, -1, 1, 1, 1)
                 frames = pipe.vae.decode(result.latents * std + mean).sample  # every frame at once
             assert frames.shape[2] >= result.num_frames
-    return {"audio_s": seconds, "path": "streaming" if streaming else "whole-video decode",
-            "frames": result.num_frames, "seconds": time.perf_counter() - started}  # fmt: skip
+    return {
+        "audio_s": seconds,
+        "path": "streaming" if streaming else "whole-video decode",
+        "frames": result.num_frames,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def main() -> None:
@@ -50,8 +54,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="width and height in pixels (multiple of 16)")
     parser.add_argument("--seconds", type=float, nargs=2, default=[20.0, 160.0])
     args = parser.parse_args()
-    rows = [run_isolated(generate, seconds=s, size=args.size, streaming=streaming)
-            for streaming in (True, False) for s in args.seconds]  # fmt: skip
+    rows = [
+        run_isolated(generate, seconds=s, size=args.size, streaming=streaming)
+        for streaming in (True, False)
+        for s in args.seconds
+    ]
     print_table(rows, ["path", "audio_s", "frames", "seconds", "peak_rss_mib"])
     for path in ("streaming", "whole-video decode"):
         short, long = (r["peak_rss_mib"] for r in rows if r["path"] == path)

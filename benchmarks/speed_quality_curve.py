@@ -71,8 +71,9 @@ class WorkCounter:
             hook.remove()
 
 
-def run_option(pipe, option: SpeedOption, base: dict, output: Path, seconds: float, identity_seconds: float,
-               shift: float) -> dict:  # fmt: skip
+def run_option(
+    pipe, option: SpeedOption, base: dict, output: Path, seconds: float, identity_seconds: float, shift: float
+) -> dict:
     from wan.pipeline.solvers import build_scheduler, enable_step_cache
 
     pipe.scheduler = build_scheduler(option.solver, shift)
@@ -119,8 +120,13 @@ def plot(path: Path, rows: list[dict]) -> None:
             axis.scatter(
                 row["forwards_per_video_second"], row[key], marker=marker, s=120 if marker == "*" else 40
             )
-            axis.annotate(row["name"], (row["forwards_per_video_second"], row[key]), fontsize=7,
-                          textcoords="offset points", xytext=(4, 4))  # fmt: skip
+            axis.annotate(
+                row["name"],
+                (row["forwards_per_video_second"], row[key]),
+                fontsize=7,
+                textcoords="offset points",
+                xytext=(4, 4),
+            )
         axis.set_xscale("log")
         axis.set_xlabel("transformer forwards (sample-equivalents) per second of video")
         axis.set_title(label)
@@ -130,8 +136,11 @@ def plot(path: Path, rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.speed_quality_curve", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.speed_quality_curve",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--model_dir", type=Path, default=Path("checkpoints/demo"))
     parser.add_argument("--output", type=Path, default=Path("outputs/speed_quality"))
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the lip-sync videos")
@@ -154,8 +163,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         folder = args.output / option.name.replace(" ", "_").replace(",", "").replace(":", "")
         rows.append(run_option(pipe, option, base, folder, args.seconds, args.identity_seconds, shift))
-        print(f"{option.name}: {rows[-1]['forwards_per_video_second']:.1f} forwards/s, "
-              f"lip sync {rows[-1]['lipsync_right']:.3f}, identity {rows[-1]['identity_mean']:.4f}", flush=True)  # fmt: skip
+        print(
+            f"{option.name}: {rows[-1]['forwards_per_video_second']:.1f} forwards/s, "
+            f"lip sync {rows[-1]['lipsync_right']:.3f}, identity {rows[-1]['identity_mean']:.4f}",
+            flush=True,
+        )
     published = next((row for row in rows if row["name"] == PUBLISHED.name), None)
     for row in rows:
         row["work_vs_published"] = (
@@ -166,8 +178,17 @@ def main(argv: list[str] | None = None) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "curve.json").write_text(json.dumps(rows, indent=1))
     plot(args.output / "curve.png", rows)
-    columns = ["name", "forwards_per_video_second", "work_vs_published", "lipsync_right", "lipsync_wrong",
-               "identity_mean", "identity_drop", "seam_ratio", "seconds"]  # fmt: skip
+    columns = [
+        "name",
+        "forwards_per_video_second",
+        "work_vs_published",
+        "lipsync_right",
+        "lipsync_wrong",
+        "identity_mean",
+        "identity_drop",
+        "seam_ratio",
+        "seconds",
+    ]
     print_table(rows, columns)
     print(f"wrote {args.output / 'curve.json'} and {args.output / 'curve.png'} ({FPS} fps videos)")
     return 0

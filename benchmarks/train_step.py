@@ -39,8 +39,14 @@ def measure_step(lora: bool, checkpointing: bool, steps: int) -> dict:
         root = Path(folder)
         data = write_dataset(root / "data", 1, 1.6, (SIZE, SIZE), seed=1)
         model = write_tiny_model(root / "model")
-        config = tiny_config(root / "run", data, pipeline_dir=model, max_train_steps=steps + 1,
-                             lora_rank=8 if lora else None, gradient_checkpointing=checkpointing)  # fmt: skip
+        config = tiny_config(
+            root / "run",
+            data,
+            pipeline_dir=model,
+            max_train_steps=steps + 1,
+            lora_rank=8 if lora else None,
+            gradient_checkpointing=checkpointing,
+        )
         trainer = Trainer(config)
         trainer.max_train_steps = 1  # warm-up step, not timed
         trainer.train()
@@ -159,10 +165,18 @@ def memory_row(name: str, config: dict, size: tuple[int, int], lora: bool, check
     else:
         activations = outside + layers * per_block
     weights, grads, adam = 4 * (total + adapters), 4 * trained, 8 * trained
-    return {"model": name, "size": f"{width}x{height}", "mode": "LoRA r128" if lora else "full",
-            "ckpt": "yes" if checkpointing else "no", "params_B": total / 1e9, "trained_B": trained / 1e9,
-            "weights": weights / GIB, "grads+adam": (grads + adam) / GIB, "activations": activations / GIB,
-            "total_GiB": (weights + grads + adam + activations) / GIB}  # fmt: skip
+    return {
+        "model": name,
+        "size": f"{width}x{height}",
+        "mode": "LoRA r128" if lora else "full",
+        "ckpt": "yes" if checkpointing else "no",
+        "params_B": total / 1e9,
+        "trained_B": trained / 1e9,
+        "weights": weights / GIB,
+        "grads+adam": (grads + adam) / GIB,
+        "activations": activations / GIB,
+        "total_GiB": (weights + grads + adam + activations) / GIB,
+    }
 
 
 def main() -> None:
@@ -174,20 +188,39 @@ def main() -> None:
     parser.add_argument("--skip-table", action="store_true")
     args = parser.parse_args()
     if not args.skip_measure:
-        rows = [run_isolated(measure_step, lora=lora, checkpointing=ckpt, steps=args.steps)
-                for lora in (False, True) for ckpt in (False, True)]  # fmt: skip
+        rows = [
+            run_isolated(measure_step, lora=lora, checkpointing=ckpt, steps=args.steps)
+            for lora in (False, True)
+            for ckpt in (False, True)
+        ]
         print("measured, tiny model, 32x32, 21 frames, 2 CPU threads:")
         print_table(rows, ["mode", "checkpointing", "s_per_step", "peak_rss_mib"])
     if not args.skip_table:
         from wan.models import STABLEAVATAR_1_3B, STABLEAVATAR_14B
 
-        rows = [memory_row(name, config, size, lora, ckpt)
-                for name, config in (("1.3B", STABLEAVATAR_1_3B), ("14B", STABLEAVATAR_14B))
-                for size in ((512, 512), (832, 480))
-                for lora in (False, True) for ckpt in (True, False)]  # fmt: skip
+        rows = [
+            memory_row(name, config, size, lora, ckpt)
+            for name, config in (("1.3B", STABLEAVATAR_1_3B), ("14B", STABLEAVATAR_14B))
+            for size in ((512, 512), (832, 480))
+            for lora in (False, True)
+            for ckpt in (True, False)
+        ]
         print("\ncomputed per GPU, batch 1, 81 frames, bf16 autocast, AdamW, features precomputed (GiB):")
-        print_table(rows, ["model", "size", "mode", "ckpt", "params_B", "trained_B", "weights", "grads+adam",
-                           "activations", "total_GiB"])  # fmt: skip
+        print_table(
+            rows,
+            [
+                "model",
+                "size",
+                "mode",
+                "ckpt",
+                "params_B",
+                "trained_B",
+                "weights",
+                "grads+adam",
+                "activations",
+                "total_GiB",
+            ],
+        )
         print("DeepSpeed ZeRO-2 over N GPUs divides grads+adam by N; ZeRO-3 also the weights.")
 
 

@@ -37,8 +37,15 @@ def one_forward(layers: int, latent_frames: int, height: int, width: int, batch:
             model(**inputs)
         seconds = (time.perf_counter() - started) / repeats
     tokens = latent_frames * (h // 2) * (w // 2)
-    return {"size": f"{width}x{height}", "frames": latent_frames, "tokens": tokens, "layers": layers,
-            "batch": batch, "device": device, "seconds": seconds}  # fmt: skip
+    return {
+        "size": f"{width}x{height}",
+        "frames": latent_frames,
+        "tokens": tokens,
+        "layers": layers,
+        "batch": batch,
+        "device": device,
+        "seconds": seconds,
+    }
 
 
 def main() -> None:
@@ -54,8 +61,17 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         width, height = (int(v) for v in size.split("x"))
-        rows.append(run_isolated(one_forward, layers=args.layers, latent_frames=args.frames, height=height,
-                                 width=width, batch=args.batch, repeats=args.repeats))  # fmt: skip
+        rows.append(
+            run_isolated(
+                one_forward,
+                layers=args.layers,
+                latent_frames=args.frames,
+                height=height,
+                width=width,
+                batch=args.batch,
+                repeats=args.repeats,
+            )
+        )
     print_table(rows, ["size", "frames", "tokens", "layers", "batch", "device", "seconds", "peak_rss_mib"])
 
 

@@ -25,8 +25,12 @@ def main() -> None:
         digest.update(name.encode())
         digest.update(parameter.detach().float().cpu().numpy().tobytes())
     rank = trainer.accelerator.process_index
-    record = {"digest": digest.hexdigest(), "world": trainer.accelerator.num_processes, "history": history,
-              "distributed_type": str(trainer.accelerator.distributed_type)}  # fmt: skip
+    record = {
+        "digest": digest.hexdigest(),
+        "world": trainer.accelerator.num_processes,
+        "history": history,
+        "distributed_type": str(trainer.accelerator.distributed_type),
+    }
     (output / f"rank{rank}.json").write_text(json.dumps(record))
 
 

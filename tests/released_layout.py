@@ -23,9 +23,18 @@ from wan.pipeline.tiny import byte_tokenizer
 
 # The fixtures' tiny encoders: VAE z_dim 4, umT5 width 32, CLIP width 64. The DiT is sized to fit them.
 TRANSFORMER_REFERENCE_CONFIG = {
-    "model_type": "i2v", "patch_size": [1, 2, 2], "in_dim": 12, "out_dim": 4, "dim": 48, "ffn_dim": 64,
-    "freq_dim": 256, "text_dim": 32, "num_heads": 2, "num_layers": 2, "eps": 1e-6,
-}  # fmt: skip
+    "model_type": "i2v",
+    "patch_size": [1, 2, 2],
+    "in_dim": 12,
+    "out_dim": 4,
+    "dim": 48,
+    "ffn_dim": 64,
+    "freq_dim": 256,
+    "text_dim": 32,
+    "num_heads": 2,
+    "num_layers": 2,
+    "eps": 1e-6,
+}
 
 
 def _reference_transformer_state_dict() -> dict[str, torch.Tensor]:
@@ -72,10 +81,13 @@ def write_released_layout(root: Path) -> ReleasedLayout:
     ).save_pretrained(wav2vec_dir)
 
     configs = {
-        "vae": {**components["vae"]["config"], "latents_mean": components["vae"]["latents_mean"],
-                "latents_std": components["vae"]["latents_std"]},
+        "vae": {
+            **components["vae"]["config"],
+            "latents_mean": components["vae"]["latents_mean"],
+            "latents_std": components["vae"]["latents_std"],
+        },
         "t5": {**components["t5"]["config"], "vocab": len(tokenizer)},
         "clip": components["clip"]["config"],
-    }  # fmt: skip
+    }
     (base / COMPONENT_CONFIG_FILE).write_text(json.dumps(configs))
     return ReleasedLayout(base, transformer_path, wav2vec_dir)

@@ -40,8 +40,12 @@ def main() -> None:
     with torch.no_grad():
         single = {case: transformer(**inputs(*case)).sample for case in cases}
         g = torch.Generator().manual_seed(5)
-        conditions = SamplingConditions(torch.randn(1, 5, 32, generator=g), torch.randn(1, 6, 32, generator=g),
-                                        torch.randn(1, 5, 32, generator=g), torch.randn(1, 20, 6, 4, 4, generator=g))  # fmt: skip
+        conditions = SamplingConditions(
+            torch.randn(1, 5, 32, generator=g),
+            torch.randn(1, 6, 32, generator=g),
+            torch.randn(1, 5, 32, generator=g),
+            torch.randn(1, 20, 6, 4, 4, generator=g),
+        )
         noise = torch.randn(1, 16, 10, 4, 4, generator=g)
 
         def audio(window):

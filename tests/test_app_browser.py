@@ -23,9 +23,14 @@ from wan.media import read_video_info
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "case-1"
 CHROMIUM_FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 TIMEOUT_MS = 60_000
 
 pytestmark = pytest.mark.slow
@@ -47,8 +52,16 @@ def server(tmp_path_factory):
     port = free_port()
     log = (root / "server.log").open("w")
     env = {**os.environ, "GRADIO_TEMP_DIR": str(root / "gradio"), "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, "app.py", "--server_port", str(port), "--checkpoints_dir", str(root / "checkpoints"),
-               "--output_dir", str(root / "out")]  # fmt: skip
+    command = [
+        sys.executable,
+        "app.py",
+        "--server_port",
+        str(port),
+        "--checkpoints_dir",
+        str(root / "checkpoints"),
+        "--output_dir",
+        str(root / "out"),
+    ]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

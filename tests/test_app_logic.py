@@ -30,10 +30,21 @@ from wan.app.logic import (
 from wan.errors import MissingFileError, UserFacingError
 
 PAGE_DEFAULTS = dict(
-    model=TINY_MODEL_KEY, prompt=" hi ", negative_prompt=None, preset=CUSTOM_SIZE, width=64, height=96, steps=2,
-    text_guidance=3.0, audio_guidance=5.0, clip_length=81, overlap=5, weighting="uniform", seed=7,
+    model=TINY_MODEL_KEY,
+    prompt=" hi ",
+    negative_prompt=None,
+    preset=CUSTOM_SIZE,
+    width=64,
+    height=96,
+    steps=2,
+    text_guidance=3.0,
+    audio_guidance=5.0,
+    clip_length=81,
+    overlap=5,
+    weighting="uniform",
+    seed=7,
     memory_mode="model_full_load",
-)  # fmt: skip
+)
 
 
 def test_presets_are_the_trained_sizes() -> None:

@@ -22,10 +22,21 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "case-1"
 IMAGE = EXAMPLE / "reference.png"
 SMALL = dict(
-    model=TINY_MODEL_KEY, prompt="A person speaks.", negative_prompt="", preset=CUSTOM_SIZE, width=32, height=32,
-    steps=2, text_guidance=3.0, audio_guidance=5.0, clip_length=21, overlap=2, weighting="uniform", seed=3,
+    model=TINY_MODEL_KEY,
+    prompt="A person speaks.",
+    negative_prompt="",
+    preset=CUSTOM_SIZE,
+    width=32,
+    height=32,
+    steps=2,
+    text_guidance=3.0,
+    audio_guidance=5.0,
+    clip_length=21,
+    overlap=2,
+    weighting="uniform",
+    seed=3,
     memory_mode="model_full_load",
-)  # fmt: skip
+)
 
 
 @pytest.fixture(scope="module")
@@ -223,11 +234,26 @@ def test_server_is_local_serves_only_its_outputs_and_shows_readable_errors(tmp_p
         assert len(generation) == 1 and generation[0].concurrency_limit == 1
         client = Client(base + "/", verbose=False)
         page = dict(
-            image=None, audio_source="Audio file or microphone", audio=None, video=None, separate_vocals=False,
-            prompt="p", negative_prompt="", model=TINY_MODEL_KEY, preset="Custom", width=64, height=64, steps=2,
-            seed=-1, text_guidance=3.0, audio_guidance=5.0, clip_length=81, overlap=5, weighting="uniform",
+            image=None,
+            audio_source="Audio file or microphone",
+            audio=None,
+            video=None,
+            separate_vocals=False,
+            prompt="p",
+            negative_prompt="",
+            model=TINY_MODEL_KEY,
+            preset="Custom",
+            width=64,
+            height=64,
+            steps=2,
+            seed=-1,
+            text_guidance=3.0,
+            audio_guidance=5.0,
+            clip_length=81,
+            overlap=5,
+            weighting="uniform",
             memory_mode="model_full_load",
-        )  # fmt: skip
+        )
         with pytest.raises(Exception, match="upload or record the driving audio") as caught:
             client.predict(**page, api_name="/generate")
         assert "Traceback" not in str(caught.value)

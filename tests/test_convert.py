@@ -22,15 +22,28 @@ def released(tmp_path_factory):
 def _latents(pipe: StableAvatarPipeline) -> torch.Tensor:
     image = np.full((40, 56, 3), 128, np.uint8)
     audio = np.random.default_rng(0).standard_normal(9 * 640).astype(np.float32) * 0.1
-    result = pipe(image, audio, "a person", height=32, width=48, num_inference_steps=2, clip_length=21,
-                  overlap=2, seed=1, output_type="latent", progress=False)  # fmt: skip
+    result = pipe(
+        image,
+        audio,
+        "a person",
+        height=32,
+        width=48,
+        num_inference_steps=2,
+        clip_length=21,
+        overlap=2,
+        seed=1,
+        output_type="latent",
+        progress=False,
+    )
     return result.latents
 
 
 def test_convert_writes_a_folder_that_generates_like_the_released_files(released, tmp_path) -> None:
     root = released.base_dir.parent
     output = tmp_path / "converted"
-    code = run_cli(convert_main, ["--checkpoints_dir", str(root), "--output", str(output), "--dtype", "float32"])  # fmt: skip
+    code = run_cli(
+        convert_main, ["--checkpoints_dir", str(root), "--output", str(output), "--dtype", "float32"]
+    )
     assert code == 0
     assert (output / "model_index.json").is_file()
     assert not list(tmp_path.glob(".converted*"))  # no staging folder left

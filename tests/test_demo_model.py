@@ -53,8 +53,13 @@ def test_committed_transformer_is_the_one_the_demo_recipe_builds() -> None:
 
 
 def test_the_main_job_animates_the_example_with_its_whole_audio(tmp_path) -> None:
-    result = subprocess.run(["bash", "inference.sh", "--output_dir", str(tmp_path)], cwd=ROOT, capture_output=True,
-                            text=True, timeout=600)  # fmt: skip
+    result = subprocess.run(
+        ["bash", "inference.sh", "--output_dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     info = read_video_info(tmp_path / "video_with_audio.mp4")
     seconds = len(load_audio(EXAMPLE / "audio.wav", 16000)) / 16000
@@ -64,8 +69,14 @@ def test_the_main_job_animates_the_example_with_its_whole_audio(tmp_path) -> Non
 
 def test_demo_model_generates_a_video_with_audio(pipe, tmp_path) -> None:
     audio = load_audio(EXAMPLE / "audio.wav", 16000)[:16000]  # 1 s
-    result = pipe(EXAMPLE / "reference.png", audio, output_path=tmp_path / "demo.mp4", seed=0, progress=False,
-                  **demo_generation_settings())  # fmt: skip
+    result = pipe(
+        EXAMPLE / "reference.png",
+        audio,
+        output_path=tmp_path / "demo.mp4",
+        seed=0,
+        progress=False,
+        **demo_generation_settings(),
+    )
     info = read_video_info(tmp_path / "demo.mp4")
     assert result.num_frames == info["frames"] == 25
     assert (info["width"], info["height"]) == (DEMO_SIZE, DEMO_SIZE)

@@ -15,8 +15,17 @@ from wan.training.synthetic import write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "distributed_worker.py"
-ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
-              "--dynamo_backend", "no"]  # fmt: skip
+ACCELERATE = [
+    sys.executable,
+    "-m",
+    "accelerate.commands.launch",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+]
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +57,13 @@ def test_two_ddp_processes_train_and_stay_in_sync(setup, tmp_path) -> None:
 )
 def test_deepspeed_zero2_steps_and_checkpoints_on_cpu(setup, tmp_path) -> None:
     model, data = setup
-    flags = ["--use_deepspeed", "--deepspeed_config_file", str(REPO / "deepspeed_config" / "zero_stage2_config.json"),
-             "--num_processes", "1"]  # fmt: skip
+    flags = [
+        "--use_deepspeed",
+        "--deepspeed_config_file",
+        str(REPO / "deepspeed_config" / "zero_stage2_config.json"),
+        "--num_processes",
+        "1",
+    ]
     rank = _launch(flags, model, data, tmp_path / "ds")[0]
     assert "DEEPSPEED" in rank["distributed_type"]
     assert [step for step, _ in rank["history"]] == [1, 2]

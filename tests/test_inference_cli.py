@@ -15,8 +15,20 @@ from wan.media import read_video_info
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "case-1"
-SMALL = ["--width", "32", "--height", "32", "--sample_steps", "2", "--clip_sample_n_frames", "21",
-         "--overlap_window_length", "2", "--seed", "7"]  # fmt: skip
+SMALL = [
+    "--width",
+    "32",
+    "--height",
+    "32",
+    "--sample_steps",
+    "2",
+    "--clip_sample_n_frames",
+    "21",
+    "--overlap_window_length",
+    "2",
+    "--seed",
+    "7",
+]
 
 
 def _inputs(audio: Path = EXAMPLE / "audio.wav") -> list[str]:
@@ -43,10 +55,21 @@ def test_random_tiny_model_writes_video_with_audio(tmp_path, capsys) -> None:
 
 def test_published_checkpoint_flags_load_the_downloaded_layout(tmp_path) -> None:
     layout = write_released_layout(tmp_path / "checkpoints")
-    code = run_cli(main, [
-        "--pretrained_model_name_or_path", str(layout.base_dir), "--transformer_path", str(layout.transformer_path),
-        "--pretrained_wav2vec_path", str(layout.wav2vec_dir), *_inputs(), *SMALL, "--output_dir", str(tmp_path),
-    ])  # fmt: skip
+    code = run_cli(
+        main,
+        [
+            "--pretrained_model_name_or_path",
+            str(layout.base_dir),
+            "--transformer_path",
+            str(layout.transformer_path),
+            "--pretrained_wav2vec_path",
+            str(layout.wav2vec_dir),
+            *_inputs(),
+            *SMALL,
+            "--output_dir",
+            str(tmp_path),
+        ],
+    )
     assert code == 0
     assert read_video_info(tmp_path / "video_with_audio.mp4")["frames"] == 173
 
@@ -54,15 +77,26 @@ def test_published_checkpoint_flags_load_the_downloaded_layout(tmp_path) -> None
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--random_tiny_model", "--validation_reference_path", "nope.png", "--validation_driven_audio_path", "x.wav"],
-         "input file not found: nope.png"),
+        (
+            [
+                "--random_tiny_model",
+                "--validation_reference_path",
+                "nope.png",
+                "--validation_driven_audio_path",
+                "x.wav",
+            ],
+            "input file not found: nope.png",
+        ),
         ([*_inputs()], "no model given"),
         (["--model_dir", "/nonexistent", *_inputs()], "not a converted model folder"),
         (["--random_tiny_model", *_inputs(), "--width", "100"], "multiples of 16"),
         (["--random_tiny_model", *_inputs(), "--ulysses_degree", "2"], "need torchrun"),
-        (["--random_tiny_model", *_inputs(), "--ulysses_degree", "2", "--ring_degree", "2"], "cannot both be above 1"),
+        (
+            ["--random_tiny_model", *_inputs(), "--ulysses_degree", "2", "--ring_degree", "2"],
+            "cannot both be above 1",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, args, message, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)  # no checkpoints/demo here
     code = run_cli(main, [*args, "--output_dir", str(tmp_path / "out")])
@@ -76,11 +110,26 @@ def test_help_explains_every_flag() -> None:
     result = subprocess.run(
         [sys.executable, "inference.py", "--help"], cwd=REPO, capture_output=True, text=True, check=True
     )
-    for flag in ["--pretrained_model_name_or_path", "--transformer_path", "--pretrained_wav2vec_path",
-                 "--validation_reference_path", "--validation_driven_audio_path", "--validation_prompts",
-                 "--output_dir", "--width", "--height", "--sample_steps", "--sample_text_guide_scale",
-                 "--sample_audio_guide_scale", "--overlap_window_length", "--clip_sample_n_frames",
-                 "--overlapping_weight_scheme", "--seed", "--GPU_memory_mode", "--model_dir"]:  # fmt: skip
+    for flag in [
+        "--pretrained_model_name_or_path",
+        "--transformer_path",
+        "--pretrained_wav2vec_path",
+        "--validation_reference_path",
+        "--validation_driven_audio_path",
+        "--validation_prompts",
+        "--output_dir",
+        "--width",
+        "--height",
+        "--sample_steps",
+        "--sample_text_guide_scale",
+        "--sample_audio_guide_scale",
+        "--overlap_window_length",
+        "--clip_sample_n_frames",
+        "--overlapping_weight_scheme",
+        "--seed",
+        "--GPU_memory_mode",
+        "--model_dir",
+    ]:
         assert flag in result.stdout
 
 

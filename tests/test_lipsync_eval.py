@@ -52,8 +52,12 @@ def test_mouth_opening_follows_the_drawn_mouth(seed) -> None:
     openings = rng.uniform(0, 1, 60)
     offsets = rng.uniform(-1, 1, (60, 2)) * (0.02, 0.015)
     size = 64
-    frames = np.stack([np.asarray(draw_face(style, (128, 128), m, True, tuple(o))[0].resize((size, size)))
-                       for m, o in zip(openings, offsets, strict=True)])  # fmt: skip
+    frames = np.stack(
+        [
+            np.asarray(draw_face(style, (128, 128), m, True, tuple(o))[0].resize((size, size)))
+            for m, o in zip(openings, offsets, strict=True)
+        ]
+    )
     box = mouth_box(style.face_width, style.face_height, size)
     assert pearson(mouth_opening(frames, box), openings) > 0.95
 
@@ -72,8 +76,9 @@ def test_pooled_audio_ceiling_is_set_by_how_far_a_window_reaches_past_its_frames
 def test_latent_frame_split_separates_the_means_of_latent_frames_from_what_is_inside_them() -> None:
     # independent frames: 3/4 of the variance is inside groups of 4
     loudness = np.random.default_rng(2).uniform(0, 1, 4001)
-    assert latent_frame_split(loudness, loudness) == pytest.approx({"grouped": 1.0, "within": 1.0,
-                                                                   "within_share": 0.75}, abs=0.02)  # fmt: skip
+    assert latent_frame_split(loudness, loudness) == pytest.approx(
+        {"grouped": 1.0, "within": 1.0, "within_share": 0.75}, abs=0.02
+    )
     # a mouth holding each latent frame's mean loudness: right across latent frames, nothing inside
     held = np.concatenate([loudness[:1], np.repeat(loudness[1:].reshape(-1, 4).mean(axis=1), 4)])
     split = latent_frame_split(held, loudness)

@@ -14,8 +14,18 @@ from wan.pipeline.tiny import build_tiny_pipeline
 def _generate(pipe) -> torch.Tensor:
     image = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
     audio = np.random.default_rng(1).standard_normal(9 * 640).astype(np.float32) * 0.1
-    return pipe(image, audio, height=32, width=32, num_inference_steps=2, clip_length=21, overlap=2, seed=0,
-                output_type="latent", progress=False).latents  # fmt: skip
+    return pipe(
+        image,
+        audio,
+        height=32,
+        width=32,
+        num_inference_steps=2,
+        clip_length=21,
+        overlap=2,
+        seed=0,
+        output_type="latent",
+        progress=False,
+    ).latents
 
 
 def _latents(mode: str | None) -> torch.Tensor:

@@ -126,8 +126,14 @@ def test_videos_are_sorted_by_aspect_and_cut_into_clips(built, raw) -> None:
         )
     assert clips == EXPECTED_CLIPS
     meta = json.loads((out / "rec" / "speech" / "00002" / "meta.json").read_text())
-    assert meta == {"source": str((raw / "a_landscape.mp4").resolve()), "start_frame": 25, "frames": 25,
-                    "fps": 25.0, "resolution": "rec", "category": "speech"}  # fmt: skip
+    assert meta == {
+        "source": str((raw / "a_landscape.mp4").resolve()),
+        "start_frame": 25,
+        "frames": 25,
+        "fps": 25.0,
+        "resolution": "rec",
+        "category": "speech",
+    }
 
 
 def test_clip_audio_is_the_span_of_its_frames(built, raw) -> None:
@@ -204,8 +210,21 @@ def test_rotated_phone_video_is_read_upright(tmp_path) -> None:
     frame[:32, :64] = 255  # white top-left quarter of a landscape picture
     write_video(tmp_path / "stored.mp4", np.stack([frame] * 3), None)
     ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
-    subprocess.run([ffmpeg, "-loglevel", "error", "-display_rotation", "90", "-i", str(tmp_path / "stored.mp4"),
-                    "-c", "copy", str(tmp_path / "phone.mp4")], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            ffmpeg,
+            "-loglevel",
+            "error",
+            "-display_rotation",
+            "90",
+            "-i",
+            str(tmp_path / "stored.mp4"),
+            "-c",
+            "copy",
+            str(tmp_path / "phone.mp4"),
+        ],
+        check=True,
+    )
     probe = probe_video(tmp_path / "phone.mp4")
     assert (probe.width, probe.height, probe.rotation) == (64, 128, 90)
     upright = next(decode_frames(tmp_path / "phone.mp4", probe, Fraction(25), (64, 128)))

@@ -101,9 +101,24 @@ def test_command_line_with_model_settings_as_flags(tmp_path, capsys) -> None:
     model = mdx_model(tmp_path / "custom.onnx", 512, 64)
     talk = load_audio(speech(tmp_path / "s.wav"), RATE)
     write_wav(tmp_path / "in.wav", np.stack([talk, 0.5 * talk]), RATE)
-    argv = ["--audio_separator_model_file", str(model), "--audio_file_path", str(tmp_path / "in.wav"),
-            "--saved_vocal_path", str(tmp_path / "vocal.wav"), "--saved_instrumental_path", str(tmp_path / "music.wav"),
-            "--n_fft", "2048", "--dim_f", "512", "--dim_t", "64", "--hop", "512"]  # fmt: skip
+    argv = [
+        "--audio_separator_model_file",
+        str(model),
+        "--audio_file_path",
+        str(tmp_path / "in.wav"),
+        "--saved_vocal_path",
+        str(tmp_path / "vocal.wav"),
+        "--saved_instrumental_path",
+        str(tmp_path / "music.wav"),
+        "--n_fft",
+        "2048",
+        "--dim_f",
+        "512",
+        "--dim_t",
+        "64",
+        "--hop",
+        "512",
+    ]
     assert run_cli(vocal_separator_main, argv) == 0
     assert "vocal.wav" in capsys.readouterr().out
     vocals, rate = soundfile.read(str(tmp_path / "vocal.wav"), dtype="float32", always_2d=True)

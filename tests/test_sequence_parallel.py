@@ -15,8 +15,13 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "
 
 
 def test_two_processes_compute_what_one_does(tmp_path) -> None:
-    result = subprocess.run([*TORCHRUN, "tests/sequence_parallel_worker.py", str(tmp_path)], cwd=REPO,
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [*TORCHRUN, "tests/sequence_parallel_worker.py", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
     assert [r["world"] for r in ranks] == [2, 2]
@@ -29,11 +34,30 @@ def test_two_processes_compute_what_one_does(tmp_path) -> None:
 
 
 def test_inference_cli_under_torchrun_writes_one_video(tmp_path) -> None:
-    command = [*TORCHRUN, "inference.py", "--ring_degree", "2", "--fsdp_dit", "--random_tiny_model",
-               "--validation_reference_path", "examples/case-1/reference.png",
-               "--validation_driven_audio_path", "examples/case-1/audio.wav", "--width", "32", "--height", "32",
-               "--sample_steps", "1", "--clip_sample_n_frames", "21", "--overlap_window_length", "2",
-               "--output_dir", str(tmp_path)]  # fmt: skip
+    command = [
+        *TORCHRUN,
+        "inference.py",
+        "--ring_degree",
+        "2",
+        "--fsdp_dit",
+        "--random_tiny_model",
+        "--validation_reference_path",
+        "examples/case-1/reference.png",
+        "--validation_driven_audio_path",
+        "examples/case-1/audio.wav",
+        "--width",
+        "32",
+        "--height",
+        "32",
+        "--sample_steps",
+        "1",
+        "--clip_sample_n_frames",
+        "21",
+        "--overlap_window_length",
+        "2",
+        "--output_dir",
+        str(tmp_path),
+    ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("wrote ") == 1  # rank 0 alone writes and reports

@@ -22,9 +22,11 @@ def transformer():
 def _conditions(seed: int = 0) -> SamplingConditions:
     g = torch.Generator().manual_seed(seed)
     return SamplingConditions(
-        prompt_embeds=torch.randn(1, 5, 32, generator=g), negative_prompt_embeds=torch.randn(1, 7, 32, generator=g),
-        image_embeds=torch.randn(1, 5, 32, generator=g), condition=torch.randn(1, 20, 6, H, W, generator=g),
-    )  # fmt: skip
+        prompt_embeds=torch.randn(1, 5, 32, generator=g),
+        negative_prompt_embeds=torch.randn(1, 7, 32, generator=g),
+        image_embeds=torch.randn(1, 5, 32, generator=g),
+        condition=torch.randn(1, 20, 6, H, W, generator=g),
+    )
 
 
 def _audio_for(offset: int):
@@ -56,8 +58,13 @@ def test_guidance_interval_runs_one_forward_outside_it(transformer) -> None:
         lambda module, args, kwargs: batches.append(kwargs["hidden_states"].shape[0]), with_kwargs=True
     )
     try:
-        sampler = SlidingWindowSampler(transformer, build_scheduler("euler"), window_length=6, overlap=2,
-                                       guidance=GuidanceScales(interval=(0.0, 0.5)))  # fmt: skip
+        sampler = SlidingWindowSampler(
+            transformer,
+            build_scheduler("euler"),
+            window_length=6,
+            overlap=2,
+            guidance=GuidanceScales(interval=(0.0, 0.5)),
+        )
         sampler(
             torch.randn(1, 16, 6, H, W), _conditions(), _audio_for(0), num_inference_steps=4, progress=False
         )
@@ -110,8 +117,14 @@ def test_text_and_image_keys_values_are_computed_once_per_batch_layout(transform
             for block in transformer.blocks
         ]
         try:
-            sampler = SlidingWindowSampler(transformer, build_scheduler("unipc"), window_length=6, overlap=2,
-                                           guidance=guidance, cache_text_image=cached)  # fmt: skip
+            sampler = SlidingWindowSampler(
+                transformer,
+                build_scheduler("unipc"),
+                window_length=6,
+                overlap=2,
+                guidance=guidance,
+                cache_text_image=cached,
+            )
             assert len(sampler.plan(14)) == 3
             results[cached] = sampler(*args, num_inference_steps=4, progress=False)
         finally:
@@ -129,10 +142,13 @@ def test_a_cross_attention_cache_refuses_another_batch_layout(transformer) -> No
 
     cache = CrossAttentionCache()
     inputs = {
-        "hidden_states": torch.randn(3, 36, 2, H, W), "timestep": torch.full((3,), 500.0),
-        "encoder_hidden_states": torch.randn(3, 5, 32), "encoder_hidden_states_image": torch.randn(3, 5, 32),
-        "audio_embeds": torch.randn(3, 8, 768), "context_cache": cache,
-    }  # fmt: skip
+        "hidden_states": torch.randn(3, 36, 2, H, W),
+        "timestep": torch.full((3,), 500.0),
+        "encoder_hidden_states": torch.randn(3, 5, 32),
+        "encoder_hidden_states_image": torch.randn(3, 5, 32),
+        "audio_embeds": torch.randn(3, 8, 768),
+        "context_cache": cache,
+    }
     with torch.no_grad():
         first = transformer(**inputs).sample
         again = transformer(**inputs).sample

@@ -13,12 +13,26 @@ from wan.pipeline.tiny import build_tiny_pipeline
 
 def _sample(transformer, interval=(0.0, 1.0)) -> None:
     g = torch.Generator().manual_seed(0)
-    conditions = SamplingConditions(torch.randn(1, 5, 32, generator=g), torch.randn(1, 6, 32, generator=g),
-                                    torch.randn(1, 5, 32, generator=g), torch.randn(1, 20, 6, 4, 4, generator=g))  # fmt: skip
-    sampler = SlidingWindowSampler(transformer, build_scheduler("euler"), window_length=6, overlap=2,
-                                   guidance=GuidanceScales(interval=interval))  # fmt: skip
-    sampler(torch.randn(1, 16, 6, 4, 4, generator=g), conditions, lambda w: torch.randn(1, 8 * w.length, 768),
-            num_inference_steps=4, progress=False)  # fmt: skip
+    conditions = SamplingConditions(
+        torch.randn(1, 5, 32, generator=g),
+        torch.randn(1, 6, 32, generator=g),
+        torch.randn(1, 5, 32, generator=g),
+        torch.randn(1, 20, 6, 4, 4, generator=g),
+    )
+    sampler = SlidingWindowSampler(
+        transformer,
+        build_scheduler("euler"),
+        window_length=6,
+        overlap=2,
+        guidance=GuidanceScales(interval=interval),
+    )
+    sampler(
+        torch.randn(1, 16, 6, 4, 4, generator=g),
+        conditions,
+        lambda w: torch.randn(1, 8 * w.length, 768),
+        num_inference_steps=4,
+        progress=False,
+    )
 
 
 @pytest.mark.parametrize(("interval", "expected"), [((0.0, 1.0), 12.0), ((0.0, 0.5), 8.0)])

@@ -46,8 +46,17 @@ def _probe_loss(trainer: Trainer, encoded) -> float:
     """Loss on fixed draws (8 noise levels and noises), independent of the training randomness."""
     transformer = trainer.accelerator.unwrap_model(trainer.transformer)
     with torch.no_grad():
-        losses = [flow_matching_loss(transformer, encoded, trainer.schedule_sigmas, step_generator(99, i, 0, 0),
-                                     DETERMINISTIC_OBJECTIVE, torch.float32).item() for i in range(8)]  # fmt: skip
+        losses = [
+            flow_matching_loss(
+                transformer,
+                encoded,
+                trainer.schedule_sigmas,
+                step_generator(99, i, 0, 0),
+                DETERMINISTIC_OBJECTIVE,
+                torch.float32,
+            ).item()
+            for i in range(8)
+        ]
     return float(np.mean(losses))
 
 
@@ -58,8 +67,15 @@ def test_overfitting_one_clip_drives_the_loss_down(clip_list, tmp_path) -> None:
     encoded = PrecomputedDataset(tmp_path / "cache")[0]
     # Every parameter trains: the published selection freezes the patch embedding and head, which a
     # randomly initialised model needs to learn too.
-    config = tiny_config(tmp_path / "run", None, precomputed_dir=tmp_path / "cache", max_train_steps=100,
-                         learning_rate=3e-3, objective=DETERMINISTIC_OBJECTIVE, trainable_patterns=("",))  # fmt: skip
+    config = tiny_config(
+        tmp_path / "run",
+        None,
+        precomputed_dir=tmp_path / "cache",
+        max_train_steps=100,
+        learning_rate=3e-3,
+        objective=DETERMINISTIC_OBJECTIVE,
+        trainable_patterns=("",),
+    )
     trainer = Trainer(config, pipe)
     before = _probe_loss(trainer, encoded)
     trainer.train()
@@ -79,8 +95,15 @@ def test_resumed_run_continues_exactly(clip_list, model_dir, tmp_path) -> None:
     first.train()
     assert (tmp_path / "b" / "checkpoint-2" / "transformer3d-checkpoint-2.safetensors").is_file()
     assert not list((tmp_path / "b").glob(".checkpoint-*"))  # no half-written checkpoint left
-    resumed = Trainer(tiny_config(tmp_path / "b", clip_list, pipeline_dir=model_dir, max_train_steps=4,
-                                  resume_from_checkpoint="latest")).train()  # fmt: skip
+    resumed = Trainer(
+        tiny_config(
+            tmp_path / "b",
+            clip_list,
+            pipeline_dir=model_dir,
+            max_train_steps=4,
+            resume_from_checkpoint="latest",
+        )
+    ).train()
     assert [step for step, _ in resumed] == [3, 4]
     assert np.allclose(
         [loss for _, loss in resumed], [loss for _, loss in uninterrupted[2:]], rtol=1e-5, atol=0
@@ -89,23 +112,60 @@ def test_resumed_run_continues_exactly(clip_list, model_dir, tmp_path) -> None:
 
 
 def test_checkpoint_loads_in_the_inference_pipeline(clip_list, model_dir, tmp_path) -> None:
-    trainer = Trainer(tiny_config(tmp_path / "run", clip_list, pipeline_dir=model_dir, max_train_steps=2,
-                                  checkpointing_steps=2, checkpoints_total_limit=1))  # fmt: skip
+    trainer = Trainer(
+        tiny_config(
+            tmp_path / "run",
+            clip_list,
+            pipeline_dir=model_dir,
+            max_train_steps=2,
+            checkpointing_steps=2,
+            checkpoints_total_limit=1,
+        )
+    )
     trainer.train()
     weights = tmp_path / "run" / "checkpoint-2" / "transformer3d-checkpoint-2.safetensors"
     example = "examples/case-1"
-    code = run_cli(generate_main, ["--model_dir", str(model_dir), "--transformer_path", str(weights),
-                                   "--validation_reference_path", f"{example}/reference.png",
-                                   "--validation_driven_audio_path", f"{example}/audio.wav", "--width", "32",
-                                   "--height", "32", "--sample_steps", "1", "--clip_sample_n_frames", "21",
-                                   "--overlap_window_length", "2", "--output_dir", str(tmp_path / "video")])  # fmt: skip
+    code = run_cli(
+        generate_main,
+        [
+            "--model_dir",
+            str(model_dir),
+            "--transformer_path",
+            str(weights),
+            "--validation_reference_path",
+            f"{example}/reference.png",
+            "--validation_driven_audio_path",
+            f"{example}/audio.wav",
+            "--width",
+            "32",
+            "--height",
+            "32",
+            "--sample_steps",
+            "1",
+            "--clip_sample_n_frames",
+            "21",
+            "--overlap_window_length",
+            "2",
+            "--output_dir",
+            str(tmp_path / "video"),
+        ],
+    )
     assert code == 0
     assert read_video_info(tmp_path / "video" / "video_with_audio.mp4")["frames"] == 173
 
 
 def test_lora_trains_only_lora_and_audio_and_loads_for_inference(clip_list, model_dir, tmp_path) -> None:
-    trainer = Trainer(tiny_config(tmp_path / "run", clip_list, pipeline_dir=model_dir, max_train_steps=3,
-                                  checkpointing_steps=3, lora_rank=4, lora_alpha=4))  # fmt: skip
+    trainer = Trainer(
+        tiny_config(
+            tmp_path / "run",
+            clip_list,
+            pipeline_dir=model_dir,
+            max_train_steps=3,
+            checkpointing_steps=3,
+            lora_rank=4,
+            lora_alpha=4,
+        )
+    )
     transformer = trainer.accelerator.unwrap_model(trainer.transformer)
     before = parameters(transformer)
     trainer.train()
@@ -145,9 +205,19 @@ def test_lora_trains_only_lora_and_audio_and_loads_for_inference(clip_list, mode
 def test_ema_weights_go_into_the_checkpoint_and_validation_writes_a_video(
     clip_list, model_dir, tmp_path
 ) -> None:
-    config = tiny_config(tmp_path / "run", clip_list, pipeline_dir=model_dir, max_train_steps=2, checkpointing_steps=2,
-                         use_ema=True, ema_decay=0.5, validation_steps=2, validation_inference_steps=1,
-                         validation_image=Path("examples/case-1/reference.png"), validation_audio=Path("examples/case-1/audio.wav"))  # fmt: skip
+    config = tiny_config(
+        tmp_path / "run",
+        clip_list,
+        pipeline_dir=model_dir,
+        max_train_steps=2,
+        checkpointing_steps=2,
+        use_ema=True,
+        ema_decay=0.5,
+        validation_steps=2,
+        validation_inference_steps=1,
+        validation_image=Path("examples/case-1/reference.png"),
+        validation_audio=Path("examples/case-1/audio.wav"),
+    )
     trainer = Trainer(config)
     trainer.train()
     saved = load_file(str(tmp_path / "run" / "checkpoint-2" / "transformer3d-checkpoint-2.safetensors"))

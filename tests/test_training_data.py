@@ -131,15 +131,26 @@ def test_every_training_script_explains_its_flags(preset) -> None:
 def test_launchers_assemble_the_preset_commands() -> None:
     def command(script: str, **env: str) -> str:
         environment = {"PATH": "/usr/bin:/bin", "DRY_RUN": "1", **env}
-        return subprocess.run(["bash", script, "--max_train_steps=5"], cwd=REPO, capture_output=True, text=True,
-                              env=environment, check=True).stdout  # fmt: skip
+        return subprocess.run(
+            ["bash", script, "--max_train_steps=5"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env=environment,
+            check=True,
+        ).stdout
 
     square = command("train_1B_square.sh")
     assert "accelerate_config_machine_1B_single.yaml" in square and "train_1B_square.py" in square
     assert "video_square_path.txt" in square and "video_rec_path.txt" not in square
     assert square.rstrip().endswith("--max_train_steps=5")
-    multinode = command("train_1B_rec_vec_multinode.sh", NUM_MACHINES="2", NUM_PROCESSES="16", MACHINE_RANK="1",
-                        MAIN_PROCESS_IP="10.0.0.1")  # fmt: skip
+    multinode = command(
+        "train_1B_rec_vec_multinode.sh",
+        NUM_MACHINES="2",
+        NUM_PROCESSES="16",
+        MACHINE_RANK="1",
+        MAIN_PROCESS_IP="10.0.0.1",
+    )
     assert "accelerate_config_machine_1B_multiple.yaml" in multinode and "--machine_rank 1" in multinode
     assert "--learning_rate=1e-4" in multinode and "video_vec_path.txt" in multinode
     big = command("train_14B_lora.sh", MODEL_DIR="m", OUTPUT_DIR="o")
@@ -150,8 +161,19 @@ def test_launchers_assemble_the_preset_commands() -> None:
 
 
 def test_training_script_without_data_is_a_one_line_error(tmp_path) -> None:
-    result = subprocess.run([sys.executable, "train_1B_square.py", "--pretrained_model_name_or_path", str(tmp_path),
-                             "--output_dir", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            "train_1B_square.py",
+            "--pretrained_model_name_or_path",
+            str(tmp_path),
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert result.stderr.startswith("error: no training data") and result.stderr.count("\n") == 1
 

@@ -21,9 +21,18 @@ def test_interrupted_vae_training_resumes_exactly(tmp_path) -> None:
     list_file = write_dataset(tmp_path / "data", num_clips=2, seconds=0.8, size=(32, 32), seed=7)
 
     def config(folder):
-        return VaeTrainConfig(list_file, folder, size=16, samples=((2, 5), (1, 9)), max_train_steps=4, warmup_steps=1,
-                              checkpoint_every=2, statistics_samples=2, log_every=1,
-                              vae_config={**SMALL_VAE_CONFIG, "base_dim": 4})  # fmt: skip
+        return VaeTrainConfig(
+            list_file,
+            folder,
+            size=16,
+            samples=((2, 5), (1, 9)),
+            max_train_steps=4,
+            warmup_steps=1,
+            checkpoint_every=2,
+            statistics_samples=2,
+            log_every=1,
+            vae_config={**SMALL_VAE_CONFIG, "base_dim": 4},
+        )
 
     straight, history = train_vae(config(tmp_path / "a"))
     assert [entry["step"] for entry in history] == [1, 2, 3, 4]
@@ -56,11 +65,20 @@ def test_interrupted_vae_training_resumes_exactly(tmp_path) -> None:
 
 def test_decoder_only_run_keeps_the_encoder_and_its_statistics(tmp_path) -> None:
     list_file = write_dataset(tmp_path / "data", num_clips=2, seconds=0.8, size=(32, 32), seed=8)
-    common = {"size": 16, "samples": ((1, 9),), "max_train_steps": 3, "warmup_steps": 1, "statistics_samples": 2,
-              "vae_config": {**SMALL_VAE_CONFIG, "base_dim": 4}}  # fmt: skip
+    common = {
+        "size": 16,
+        "samples": ((1, 9),),
+        "max_train_steps": 3,
+        "warmup_steps": 1,
+        "statistics_samples": 2,
+        "vae_config": {**SMALL_VAE_CONFIG, "base_dim": 4},
+    }
     first, _ = train_vae(VaeTrainConfig(list_file, tmp_path / "first", **common))
-    second, _ = train_vae(VaeTrainConfig(list_file, tmp_path / "second", init_from=tmp_path / "first",
-                                         decoder_only=True, seed=1, **common))  # fmt: skip
+    second, _ = train_vae(
+        VaeTrainConfig(
+            list_file, tmp_path / "second", init_from=tmp_path / "first", decoder_only=True, seed=1, **common
+        )
+    )
     before, after = first.state_dict(), second.state_dict()
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     assert changed and all(name.startswith(("decoder.", "post_quant_conv.")) for name in changed), changed
@@ -142,8 +160,12 @@ def test_foreign_first_frame_comes_from_another_clip_and_the_rest_stays(tmp_path
     def sources(video: torch.Tensor, index: int) -> set[tuple[int, int]]:
         """(clip, frame) pairs whose pixels equal frame `index` of the span."""
         pixels = ((video[0, :, index].permute(1, 2, 0) + 1.0) * 127.5).round().byte().numpy()
-        return {(c, f) for c, (clip, _) in enumerate(frames.clips) for f in range(len(clip))
-                if np.array_equal(clip[f], pixels)}  # fmt: skip
+        return {
+            (c, f)
+            for c, (clip, _) in enumerate(frames.clips)
+            for f in range(len(clip))
+            if np.array_equal(clip[f], pixels)
+        }
 
     rng, foreign = np.random.default_rng(5), 0
     for _ in range(12):

@@ -20,9 +20,17 @@ def write_tiny_model(folder: Path) -> Path:
 
 
 def tiny_config(output: Path, list_file: Path | None, **overrides) -> TrainConfig:
-    settings = dict(output_dir=output, data=[DataSource(list_file, SIZE, SIZE)] if list_file else [], num_frames=FRAMES,
-                    learning_rate=1e-3, lr_warmup_steps=0, max_grad_norm=1.0, report_to="none", seed=3,
-                    checkpointing_steps=1000)  # fmt: skip
+    settings = dict(
+        output_dir=output,
+        data=[DataSource(list_file, SIZE, SIZE)] if list_file else [],
+        num_frames=FRAMES,
+        learning_rate=1e-3,
+        lr_warmup_steps=0,
+        max_grad_norm=1.0,
+        report_to="none",
+        seed=3,
+        checkpointing_steps=1000,
+    )
     settings.update(overrides)
     return TrainConfig(**settings)
 
@@ -31,5 +39,6 @@ def parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
-DETERMINISTIC_OBJECTIVE = ObjectiveConfig(mask_probabilities=(1.0, 0.0, 0.0), motion_weight=0.0, audio_dropout=0.0,
-                                          clip_level_audio=0.0)  # fmt: skip
+DETERMINISTIC_OBJECTIVE = ObjectiveConfig(
+    mask_probabilities=(1.0, 0.0, 0.0), motion_weight=0.0, audio_dropout=0.0, clip_level_audio=0.0
+)

@@ -46,8 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group(
         "model (one of: --model_dir, the published checkpoint flags, --random_tiny_model)"
     )
-    model.add_argument("--model_dir", type=Path, help="a converted diffusers folder (python -m wan.convert); "
-                       f"default: {DEMO_MODEL_DIR} if present")  # fmt: skip
+    model.add_argument(
+        "--model_dir",
+        type=Path,
+        help=f"a converted diffusers folder (python -m wan.convert); default: {DEMO_MODEL_DIR} if present",
+    )
     model.add_argument(
         "--pretrained_model_name_or_path",
         type=Path,
@@ -128,9 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="euler",
         help="; ".join(f"{k}: {v}" for k, v in SOLVERS.items()),
     )
-    sampling.add_argument("--sample_shift", type=float, default=None,
-                          help="flow-matching schedule shift (default: the model folder's own, 5.0 for the released "
-                          "model, 3.0 for the demo model)")  # fmt: skip
+    sampling.add_argument(
+        "--sample_shift",
+        type=float,
+        default=None,
+        help="flow-matching schedule shift (default: the model folder's own, 5.0 for the released "
+        "model, 3.0 for the demo model)",
+    )
     sampling.add_argument(
         "--guidance_interval",
         type=float,

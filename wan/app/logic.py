@@ -301,8 +301,17 @@ def summary_markdown(
         f"- video: {frames} frames ({frames / fps:.2f} s at {fps} fps), {settings.width}x{settings.height}",
         f"- sampling: {windows} window(s) x {settings.steps} steps in {seconds:.1f} s",
     ]
-    for name in ("text_guidance", "audio_guidance", "clip_length", "overlap", "weighting", "memory_mode",
-                 "separate_vocals", "prompt", "negative_prompt"):  # fmt: skip
+    for name in (
+        "text_guidance",
+        "audio_guidance",
+        "clip_length",
+        "overlap",
+        "weighting",
+        "memory_mode",
+        "separate_vocals",
+        "prompt",
+        "negative_prompt",
+    ):
         value = getattr(settings, name)
         if name == "negative_prompt" and value == default_negative_prompt:
             value = "the default (published) one"

@@ -64,9 +64,17 @@ def _model_settings(key: str, runner: Runner) -> tuple:
     settings = next(c for c in runner.models if c.key == key).settings()
     width, height = int(settings["width"]), int(settings["height"])
     preset = size_choice(width, height)
-    return (preset, gr.Row(visible=preset == CUSTOM_SIZE), width, height, settings["num_inference_steps"],
-            settings["text_guidance_scale"], settings["audio_guidance_scale"], settings["clip_length"],
-            settings["overlap"])  # fmt: skip
+    return (
+        preset,
+        gr.Row(visible=preset == CUSTOM_SIZE),
+        width,
+        height,
+        settings["num_inference_steps"],
+        settings["text_guidance_scale"],
+        settings["audio_guidance_scale"],
+        settings["clip_length"],
+        settings["overlap"],
+    )
 
 
 def _page_error(error: Exception) -> gr.Error:
@@ -275,10 +283,28 @@ def build_ui(runner: Runner) -> gr.Blocks:
 
         # The generation's inputs; their names are the API's parameter names (gradio_client, /gradio_api).
         def generate(
-            image, audio_source, audio, video, separate_vocals, prompt, negative_prompt, model, preset, width,
-            height, steps, seed, text_guidance, audio_guidance, clip_length, overlap, weighting, memory_mode,
-            request: gr.Request, progress=gr.Progress(),  # noqa: B008 (Gradio's idiom)
-        ):  # fmt: skip
+            image,
+            audio_source,
+            audio,
+            video,
+            separate_vocals,
+            prompt,
+            negative_prompt,
+            model,
+            preset,
+            width,
+            height,
+            steps,
+            seed,
+            text_guidance,
+            audio_guidance,
+            clip_length,
+            overlap,
+            weighting,
+            memory_mode,
+            request: gr.Request,
+            progress=gr.Progress(),  # noqa: B008 (Gradio's idiom)
+        ):
             def report(done: int, total: int, text: str) -> None:
                 if total > 1:
                     progress((done, total), desc=text, unit="window steps")
@@ -302,10 +328,32 @@ def build_ui(runner: Runner) -> gr.Blocks:
 
         job = run.click(
             generate,
-            [image, audio_source, audio, video, separate, prompt, negative_prompt, model, preset, width, height,
-             steps, seed, text_guidance, audio_guidance, clip_length, overlap, weighting, memory_mode],
-            [result, summary], api_name="generate", concurrency_limit=1, concurrency_id="generation",
-        )  # fmt: skip
+            [
+                image,
+                audio_source,
+                audio,
+                video,
+                separate,
+                prompt,
+                negative_prompt,
+                model,
+                preset,
+                width,
+                height,
+                steps,
+                seed,
+                text_guidance,
+                audio_guidance,
+                clip_length,
+                overlap,
+                weighting,
+                memory_mode,
+            ],
+            [result, summary],
+            api_name="generate",
+            concurrency_limit=1,
+            concurrency_id="generation",
+        )
         stop.click(cancel, None, summary, cancels=[job], api_visibility="private", concurrency_limit=None)
     return demo
 

@@ -41,8 +41,11 @@ def save_lora(transformer: StableAvatarTransformer3DModel, folder: str | Path) -
     save_file(
         {f"transformer.{k}": v.detach().contiguous().cpu() for k, v in lora.items()}, str(folder / LORA_FILE)
     )
-    audio = {k: v.detach().contiguous().cpu() for k, v in transformer.state_dict().items()
-             if is_audio_parameter(k) and "lora_" not in k}  # fmt: skip
+    audio = {
+        k: v.detach().contiguous().cpu()
+        for k, v in transformer.state_dict().items()
+        if is_audio_parameter(k) and "lora_" not in k
+    }
     save_file(audio, str(folder / AUDIO_FILE))
 
 

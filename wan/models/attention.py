@@ -116,8 +116,9 @@ class StableAvatarCrossAttnProcessor:
         return attn.to_out[1](out)
 
     @staticmethod
-    def _context_keys_values(attn: StableAvatarCrossAttention, encoder_hidden_states: torch.Tensor
-                             ) -> dict[str, torch.Tensor]:  # fmt: skip
+    def _context_keys_values(
+        attn: StableAvatarCrossAttention, encoder_hidden_states: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """Keys/values `[B, L, heads, head_dim]` of the text tokens and (when present) the image tokens."""
         image_len = encoder_hidden_states.shape[1] - TEXT_SEQ_LEN
         text_states = encoder_hidden_states[:, image_len:]

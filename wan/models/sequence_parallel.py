@@ -93,8 +93,9 @@ def _ulysses_to_tokens(parallel: SequenceParallel, heads: torch.Tensor) -> torch
     return torch.cat(received, dim=2)[:, : parallel.token_counts[parallel.rank]]
 
 
-def attention_with_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
-                       ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def attention_with_lse(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention `[B, Sq, H, D]` and its log-sum-exp `[B, H, Sq]` (float32), for merging blocks.
 
     Uses the fused kernels that return the log-sum-exp (flash on CUDA, the CPU flash kernel on CPU) and
@@ -112,8 +113,9 @@ def attention_with_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
     return out.transpose(1, 2), lse.float()
 
 
-def _ring_attention(parallel: SequenceParallel, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
-                    ) -> torch.Tensor:  # fmt: skip
+def _ring_attention(
+    parallel: SequenceParallel, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+) -> torch.Tensor:
     """Local queries `[B, S_local, H, D]` over every process's keys/values, passed around the ring."""
     rank, world = parallel.rank, parallel.world_size
     group = parallel.group
@@ -173,8 +175,9 @@ class SequenceParallelSelfAttnProcessor:
         self.parallel = parallel
 
     def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        return dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
-                                     backend=self._attention_backend)  # fmt: skip
+        return dispatch_attention_fn(
+            query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, backend=self._attention_backend
+        )
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
         query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))

@@ -35,31 +35,66 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def build_small_encoders(text_dim: int, image_dim: int, *, text_kv: int, text_ffn: int, text_layers: int,
-                         image_size: int, image_ffn: int) -> dict:  # fmt: skip
+def build_small_encoders(
+    text_dim: int,
+    image_dim: int,
+    *,
+    text_kv: int,
+    text_ffn: int,
+    text_layers: int,
+    image_size: int,
+    image_ffn: int,
+) -> dict:
     """Tokenizer, umT5, CLIP vision tower, wav2vec2 (768 wide, one layer) and its feature extractor at small
     size with random weights, frozen; drawn from torch's global generator in that order (seed it first)."""
     tokenizer = byte_tokenizer()
     text_encoder = UMT5EncoderModel(
-        UMT5Config(vocab_size=len(tokenizer), d_model=text_dim, d_kv=text_kv, d_ff=text_ffn, num_layers=text_layers,
-                   num_heads=4, relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", dropout_rate=0.0)
-    )  # fmt: skip
+        UMT5Config(
+            vocab_size=len(tokenizer),
+            d_model=text_dim,
+            d_kv=text_kv,
+            d_ff=text_ffn,
+            num_layers=text_layers,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            feed_forward_proj="gated-gelu",
+            dropout_rate=0.0,
+        )
+    )
     image_encoder = CLIPVisionModel(
-        CLIPVisionConfig(image_size=image_size, patch_size=14, hidden_size=image_dim, intermediate_size=image_ffn,
-                         num_hidden_layers=2, num_attention_heads=2)
-    )  # fmt: skip
+        CLIPVisionConfig(
+            image_size=image_size,
+            patch_size=14,
+            hidden_size=image_dim,
+            intermediate_size=image_ffn,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+        )
+    )
     audio_encoder = Wav2Vec2Model(
-        Wav2Vec2Config(hidden_size=768, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
-                       conv_dim=[32] * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=16,
-                       apply_spec_augment=False)
-    )  # fmt: skip
+        Wav2Vec2Config(
+            hidden_size=768,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            intermediate_size=64,
+            conv_dim=[32] * 7,
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=16,
+            apply_spec_augment=False,
+        )
+    )
     feature_extractor = Wav2Vec2FeatureExtractor(
         feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True
     )
     for module in (text_encoder, image_encoder, audio_encoder):
         module.eval().requires_grad_(False)
-    return {"tokenizer": tokenizer, "text_encoder": text_encoder, "image_encoder": image_encoder,
-            "audio_encoder": audio_encoder, "audio_feature_extractor": feature_extractor}  # fmt: skip
+    return {
+        "tokenizer": tokenizer,
+        "text_encoder": text_encoder,
+        "image_encoder": image_encoder,
+        "audio_encoder": audio_encoder,
+        "audio_feature_extractor": feature_extractor,
+    }
 
 
 def build_tiny_pipeline(seed: int = 0, audio_strength: float = 0.2) -> StableAvatarPipeline:

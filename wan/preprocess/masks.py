@@ -29,8 +29,44 @@ from ..media import load_image
 # Face Mesh landmark indices (MediaPipe's canonical 468-point topology).
 UPPER_LIP = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291)
 LOWER_LIP = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291)
-FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152,
-             148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)  # fmt: skip
+FACE_OVAL = (
+    10,
+    338,
+    297,
+    332,
+    284,
+    251,
+    389,
+    356,
+    454,
+    323,
+    361,
+    288,
+    397,
+    365,
+    379,
+    378,
+    400,
+    377,
+    152,
+    148,
+    176,
+    149,
+    150,
+    136,
+    172,
+    58,
+    132,
+    93,
+    234,
+    127,
+    162,
+    21,
+    54,
+    103,
+    67,
+    109,
+)
 
 MASK_POLYGONS: dict[str, tuple[tuple[int, ...], ...]] = {"lip": (UPPER_LIP, LOWER_LIP), "face": (FACE_OVAL,)}
 MASK_FOLDERS = {"lip": "lip_masks", "face": "face_masks"}

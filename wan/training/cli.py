@@ -13,8 +13,11 @@ from .trainer import DataSource, TrainConfig, Trainer
 
 
 def build_parser(preset: Preset, prog: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=f"Train {preset.description}.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=f"Train {preset.description}.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     model = p.add_argument_group("model")
     model.add_argument(
         "--pretrained_model_name_or_path",
@@ -117,8 +120,11 @@ def build_parser(preset: Preset, prog: str) -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace, preset: Preset) -> TrainConfig:
-    data = [DataSource(getattr(args, flag.lstrip("-")), *size) for flag, size in preset.data_flags.items()
-            if getattr(args, flag.lstrip("-")) is not None]  # fmt: skip
+    data = [
+        DataSource(getattr(args, flag.lstrip("-")), *size)
+        for flag, size in preset.data_flags.items()
+        if getattr(args, flag.lstrip("-")) is not None
+    ]
     if not data and args.precomputed_dir is None:
         raise UserFacingError(
             f"no training data: pass {' and/or '.join(preset.data_flags)} (or --precomputed_dir)"
@@ -128,22 +134,48 @@ def config_from_args(args: argparse.Namespace, preset: Preset) -> TrainConfig:
             "validation needs both --validation_reference_path and --validation_driven_audio_path"
         )
     return TrainConfig(
-        output_dir=args.output_dir, data=data, pipeline_dir=args.pretrained_model_name_or_path,
-        num_frames=args.video_sample_n_frames, batch_size=args.train_batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps, max_train_steps=args.max_train_steps,
-        num_train_epochs=args.num_train_epochs, learning_rate=args.learning_rate, adam_weight_decay=args.adam_weight_decay,
-        adam_epsilon=args.adam_epsilon, lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.lr_warmup_steps,
-        max_grad_norm=args.max_grad_norm, mixed_precision=args.mixed_precision,
-        gradient_checkpointing=args.gradient_checkpointing, checkpointing_steps=args.checkpointing_steps,
-        checkpoints_total_limit=args.checkpoints_total_limit, resume_from_checkpoint=args.resume_from_checkpoint,
-        validation_steps=args.validation_steps, validation_image=args.validation_reference_path,
-        validation_audio=args.validation_driven_audio_path, validation_inference_steps=args.validation_inference_steps,
-        transformer_path=args.transformer_path, seed=args.seed, lora_rank=args.rank, lora_alpha=args.network_alpha, use_ema=args.use_ema, optimizer=args.optimizer,
-        compile_blocks=args.compile, attention_backend=args.attention_backend, report_to=args.report_to,
-        dataloader_num_workers=args.dataloader_num_workers, precomputed_dir=args.precomputed_dir,
-        objective=ObjectiveConfig(tuple(args.mask_probabilities), args.motion_sub_loss_ratio, args.motion_axis,
-                                  args.audio_dropout, args.clip_level_audio),
-    )  # fmt: skip
+        output_dir=args.output_dir,
+        data=data,
+        pipeline_dir=args.pretrained_model_name_or_path,
+        num_frames=args.video_sample_n_frames,
+        batch_size=args.train_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        max_train_steps=args.max_train_steps,
+        num_train_epochs=args.num_train_epochs,
+        learning_rate=args.learning_rate,
+        adam_weight_decay=args.adam_weight_decay,
+        adam_epsilon=args.adam_epsilon,
+        lr_scheduler=args.lr_scheduler,
+        lr_warmup_steps=args.lr_warmup_steps,
+        max_grad_norm=args.max_grad_norm,
+        mixed_precision=args.mixed_precision,
+        gradient_checkpointing=args.gradient_checkpointing,
+        checkpointing_steps=args.checkpointing_steps,
+        checkpoints_total_limit=args.checkpoints_total_limit,
+        resume_from_checkpoint=args.resume_from_checkpoint,
+        validation_steps=args.validation_steps,
+        validation_image=args.validation_reference_path,
+        validation_audio=args.validation_driven_audio_path,
+        validation_inference_steps=args.validation_inference_steps,
+        transformer_path=args.transformer_path,
+        seed=args.seed,
+        lora_rank=args.rank,
+        lora_alpha=args.network_alpha,
+        use_ema=args.use_ema,
+        optimizer=args.optimizer,
+        compile_blocks=args.compile,
+        attention_backend=args.attention_backend,
+        report_to=args.report_to,
+        dataloader_num_workers=args.dataloader_num_workers,
+        precomputed_dir=args.precomputed_dir,
+        objective=ObjectiveConfig(
+            tuple(args.mask_probabilities),
+            args.motion_sub_loss_ratio,
+            args.motion_axis,
+            args.audio_dropout,
+            args.clip_level_audio,
+        ),
+    )
 
 
 def main_for_preset(name: str, argv: list[str] | None = None) -> int:

@@ -115,8 +115,15 @@ class TalkingFaceDataset(Dataset):
     `(seed, epoch, index)` so a resumed run sees the same data.
     """
 
-    def __init__(self, list_files: list[str | Path] | str | Path, width: int, height: int, num_frames: int = 81,
-                 seed: int = 0, default_prompt: str = "") -> None:  # fmt: skip
+    def __init__(
+        self,
+        list_files: list[str | Path] | str | Path,
+        width: int,
+        height: int,
+        num_frames: int = 81,
+        seed: int = 0,
+        default_prompt: str = "",
+    ) -> None:
         if isinstance(list_files, (str, Path)):
             list_files = [list_files]
         self.width, self.height, self.num_frames, self.seed = width, height, num_frames, seed
@@ -156,8 +163,14 @@ class TalkingFaceDataset(Dataset):
         span = np.zeros(length, np.float32)
         piece = audio[first : first + length]
         span[: len(piece)] = piece
-        return {"pixel_values": pixels, "face_masks": face, "lip_masks": lip, "audio": torch.from_numpy(span),
-                "prompt": prompt_for(clip.folder, self.default_prompt), "folder": str(clip.folder)}  # fmt: skip
+        return {
+            "pixel_values": pixels,
+            "face_masks": face,
+            "lip_masks": lip,
+            "audio": torch.from_numpy(span),
+            "prompt": prompt_for(clip.folder, self.default_prompt),
+            "folder": str(clip.folder),
+        }
 
     def _image(self, path: Path) -> torch.Tensor:
         image = Image.open(path).convert("RGB").resize((self.width, self.height), Image.Resampling.BICUBIC)

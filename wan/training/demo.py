@@ -88,19 +88,61 @@ DEMO_TRANSFORMER: dict = {
 _PLAIN = {"kl_weight": 0.0, "sample_posterior": False, "lip_weight": 10.0, "warmup_steps": 50}
 _CLIPS = ((4, 5), (2, 9), (1, 17), (1, 33))
 VAE_RUNS: tuple[dict, ...] = (
-    {**_PLAIN, "steps": 0.5, "seed_offset": 0, "samples": ((16, 1),), "learning_rate": 1e-3,
-     "final_learning_rate": 1e-4},
-    {**_PLAIN, "steps": 0.4, "seed_offset": 1, "samples": ((16, 1), (4, 5), (16, 1), (2, 9), (16, 1), (1, 33)),
-     "learning_rate": 5e-4, "final_learning_rate": 2e-5},
-    {**_PLAIN, "steps": 0.4, "seed_offset": 2, "samples": _CLIPS, "learning_rate": 3e-4,
-     "final_learning_rate": 2e-5},
-    {**_PLAIN, "steps": 0.2, "seed_offset": -1, "samples": _CLIPS[:3], "learning_rate": 3e-4,
-     "final_learning_rate": 2e-5, "foreign_first": 0.5, "max_clips": 590},
-    {**_PLAIN, "steps": 0.6, "seed_offset": 3, "samples": _CLIPS, "learning_rate": 4e-4,
-     "final_learning_rate": 2e-5, "foreign_first": 0.5, "max_clips": 590},
-    {**_PLAIN, "steps": 0.6, "seed_offset": 4, "samples": _CLIPS, "learning_rate": 2e-4,
-     "final_learning_rate": 1e-5, "foreign_first": 0.5, "max_clips": 590},
-)  # fmt: skip
+    {
+        **_PLAIN,
+        "steps": 0.5,
+        "seed_offset": 0,
+        "samples": ((16, 1),),
+        "learning_rate": 1e-3,
+        "final_learning_rate": 1e-4,
+    },
+    {
+        **_PLAIN,
+        "steps": 0.4,
+        "seed_offset": 1,
+        "samples": ((16, 1), (4, 5), (16, 1), (2, 9), (16, 1), (1, 33)),
+        "learning_rate": 5e-4,
+        "final_learning_rate": 2e-5,
+    },
+    {
+        **_PLAIN,
+        "steps": 0.4,
+        "seed_offset": 2,
+        "samples": _CLIPS,
+        "learning_rate": 3e-4,
+        "final_learning_rate": 2e-5,
+    },
+    {
+        **_PLAIN,
+        "steps": 0.2,
+        "seed_offset": -1,
+        "samples": _CLIPS[:3],
+        "learning_rate": 3e-4,
+        "final_learning_rate": 2e-5,
+        "foreign_first": 0.5,
+        "max_clips": 590,
+    },
+    {
+        **_PLAIN,
+        "steps": 0.6,
+        "seed_offset": 3,
+        "samples": _CLIPS,
+        "learning_rate": 4e-4,
+        "final_learning_rate": 2e-5,
+        "foreign_first": 0.5,
+        "max_clips": 590,
+    },
+    {
+        **_PLAIN,
+        "steps": 0.6,
+        "seed_offset": 4,
+        "samples": _CLIPS,
+        "learning_rate": 2e-4,
+        "final_learning_rate": 1e-5,
+        "foreign_first": 0.5,
+        "max_clips": 590,
+    },
+)
 
 # Prompts drawn at random for the training samples, so the model learns that the text carries nothing
 # (any prompt, and the Chinese default negative prompt of guidance, then give the same video).
@@ -132,8 +174,15 @@ def demo_generation_settings() -> dict:
 def build_encoders(seed: int) -> dict:
     """Tokenizer, umT5, CLIP vision tower and wav2vec2 at small size with random (seeded) weights."""
     torch.manual_seed(seed)
-    return build_small_encoders(DEMO_TRANSFORMER["text_dim"], DEMO_TRANSFORMER["image_dim"], text_kv=16,
-                                text_ffn=128, text_layers=2, image_size=56, image_ffn=128)  # fmt: skip
+    return build_small_encoders(
+        DEMO_TRANSFORMER["text_dim"],
+        DEMO_TRANSFORMER["image_dim"],
+        text_kv=16,
+        text_ffn=128,
+        text_layers=2,
+        image_size=56,
+        image_ffn=128,
+    )
 
 
 def build_transformer(seed: int) -> StableAvatarTransformer3DModel:
@@ -177,8 +226,9 @@ def make_data(folder: Path, num_clips: int, seconds: float, seed: int) -> Path:
     return list_file
 
 
-def precompute_windows(pipe: StableAvatarPipeline, list_file: Path, output: Path, samples_per_clip: int,
-                       seed: int) -> int:  # fmt: skip
+def precompute_windows(
+    pipe: StableAvatarPipeline, list_file: Path, output: Path, samples_per_clip: int, seed: int
+) -> int:
     """`samples_per_clip` windows of `DEMO_CLIP_FRAMES` frames per clip, each with a random training prompt.
 
     Each window's audio runs 3 frames past its last video frame: the sampler gives a window of L latent
@@ -234,7 +284,7 @@ def train_transformer(
             motion_axis="frames",
             audio_dropout=0.1,
             clip_level_audio=0.1,
-        ),  # fmt: skip
+        ),
         use_ema=True,
         ema_decay=0.999,
         report_to="none",
@@ -280,8 +330,15 @@ def run(args: argparse.Namespace) -> None:
                 options = {"max_clips": args.vae_clips, **run_settings}
                 steps = int(args.vae_steps * options.pop("steps"))
                 run_seed = seed + options.pop("seed_offset")
-                config = VaeTrainConfig(list_file, folder, size=DEMO_SIZE, max_train_steps=steps, seed=run_seed,
-                                        init_from=previous, **options)  # fmt: skip
+                config = VaeTrainConfig(
+                    list_file,
+                    folder,
+                    size=DEMO_SIZE,
+                    max_train_steps=steps,
+                    seed=run_seed,
+                    init_from=previous,
+                    **options,
+                )
                 timed("vae", lambda config=config: train_vae(config))
             previous = folder
     if (vae_dir / "config.json").is_file():  # the runs' own clocks, so a resumed run counts every part once
@@ -346,8 +403,11 @@ follow the audio: `python -m benchmarks.lipsync_eval` (numbers in the repository
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m wan.training.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m wan.training.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--work_dir",
         type=Path,

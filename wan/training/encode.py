@@ -102,8 +102,14 @@ def encode_batch(pipe: StableAvatarPipeline, batch: dict) -> EncodedBatch:
     conditioning = torch.zeros_like(video)
     conditioning[:, :, 0] = video[:, :, 0]
     condition_mean, condition_std = _posterior(pipe, conditioning)
-    tokens = pipe.tokenizer(list(batch["prompt"]), padding="longest", truncation=True, max_length=512,
-                            add_special_tokens=True, return_tensors="pt")  # fmt: skip
+    tokens = pipe.tokenizer(
+        list(batch["prompt"]),
+        padding="longest",
+        truncation=True,
+        max_length=512,
+        add_special_tokens=True,
+        return_tensors="pt",
+    )
     text_parameter = next(pipe.text_encoder.parameters())
     text = pipe.text_encoder(
         tokens.input_ids.to(text_parameter.device),
@@ -117,5 +123,14 @@ def encode_batch(pipe: StableAvatarPipeline, batch: dict) -> EncodedBatch:
             for clip in batch["audio"]
         ]
     )
-    return EncodedBatch(latent_mean, latent_std, condition_mean, condition_std, text, image, audio,
-                        batch["face_masks"].float(), batch["lip_masks"].float())  # fmt: skip
+    return EncodedBatch(
+        latent_mean,
+        latent_std,
+        condition_mean,
+        condition_std,
+        text,
+        image,
+        audio,
+        batch["face_masks"].float(),
+        batch["lip_masks"].float(),
+    )

@@ -69,8 +69,14 @@ def noisy_latents_and_target(
     return (1.0 - s) * latents + s * noise, noise - latents
 
 
-def masked_flow_loss(prediction: torch.Tensor, target: torch.Tensor, face_masks: torch.Tensor, lip_masks: torch.Tensor,
-                     choices: StepChoices, config: ObjectiveConfig) -> torch.Tensor:  # fmt: skip
+def masked_flow_loss(
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    face_masks: torch.Tensor,
+    lip_masks: torch.Tensor,
+    choices: StepChoices,
+    config: ObjectiveConfig,
+) -> torch.Tensor:
     """Scalar loss.
 
     Args:

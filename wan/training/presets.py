@@ -23,10 +23,22 @@ REC_VEC = {"--train_data_rec_dir": (832, 480), "--train_data_vec_dir": (480, 832
 PRESETS: dict[str, Preset] = {
     "1B_square": Preset("Wan2.1 1.3B StableAvatar at 512x512", SQUARE),
     "1B_rec_vec": Preset("Wan2.1 1.3B StableAvatar on mixed 832x480 and 480x832 batches", REC_VEC),
-    "1B_rec_vec_lora": Preset("LoRA (rank 128, alpha 64) of the 1.3B model on 832x480 / 480x832, audio modules fully",
-                              REC_VEC, lora_rank=128),  # fmt: skip
-    "14B": Preset("Wan2.1 14B StableAvatar on 512x512, 832x480 and 480x832 with DeepSpeed ZeRO-2", {**SQUARE, **REC_VEC},
-                  learning_rate=1e-4, accelerate_config="accelerate_config/accelerate_config_machine_14B_single.yaml"),
-    "14B_lora": Preset("LoRA of the 14B model, audio modules fully", {**SQUARE, **REC_VEC}, learning_rate=1e-4,
-                       lora_rank=128, accelerate_config="accelerate_config/accelerate_config_machine_14B_single.yaml"),
-}  # fmt: skip
+    "1B_rec_vec_lora": Preset(
+        "LoRA (rank 128, alpha 64) of the 1.3B model on 832x480 / 480x832, audio modules fully",
+        REC_VEC,
+        lora_rank=128,
+    ),
+    "14B": Preset(
+        "Wan2.1 14B StableAvatar on 512x512, 832x480 and 480x832 with DeepSpeed ZeRO-2",
+        {**SQUARE, **REC_VEC},
+        learning_rate=1e-4,
+        accelerate_config="accelerate_config/accelerate_config_machine_14B_single.yaml",
+    ),
+    "14B_lora": Preset(
+        "LoRA of the 14B model, audio modules fully",
+        {**SQUARE, **REC_VEC},
+        learning_rate=1e-4,
+        lora_rank=128,
+        accelerate_config="accelerate_config/accelerate_config_machine_14B_single.yaml",
+    ),
+}

@@ -54,8 +54,15 @@ class FaceStyle:
 
         skin_tone = rng.uniform(0.35, 1.0)
         skin = (int(235 * skin_tone), int(190 * skin_tone), int(160 * skin_tone))
-        return cls(colour(0, 256), skin, colour(0, 120), colour(20, 140), colour(0, 256),
-                   face_scale * float(rng.uniform(0.30, 0.40)), face_scale * float(rng.uniform(0.42, 0.52)))  # fmt: skip
+        return cls(
+            colour(0, 256),
+            skin,
+            colour(0, 120),
+            colour(20, 140),
+            colour(0, 256),
+            face_scale * float(rng.uniform(0.30, 0.40)),
+            face_scale * float(rng.uniform(0.42, 0.52)),
+        )
 
 
 def speech_audio(seconds: float, rng: np.random.Generator) -> np.ndarray:
@@ -68,8 +75,11 @@ def speech_audio(seconds: float, rng: np.random.Generator) -> np.ndarray:
                 path = Path(folder) / "s.wav"
                 voice = ["en-us", "en", "en-gb"][int(rng.integers(3))]
                 speed = str(int(rng.integers(130, 180)))
-                subprocess.run(["espeak-ng", "-v", voice, "-s", speed, "-w", str(path), sentence], check=True,
-                               capture_output=True)  # fmt: skip
+                subprocess.run(
+                    ["espeak-ng", "-v", voice, "-s", speed, "-w", str(path), sentence],
+                    check=True,
+                    capture_output=True,
+                )
                 piece = load_audio(path, SAMPLE_RATE)
             pieces += [piece, np.zeros(int(rng.integers(1600, 6400)), np.float32)]
             total += len(pieces[-2]) + len(pieces[-1])
@@ -119,8 +129,9 @@ def mouth_opening(frames: np.ndarray, box: tuple[int, int, int, int]) -> np.ndar
     return 1.0 - luminance(frames[:, y0:y1, x0:x1]).mean(axis=(1, 2))
 
 
-def draw_face(style: FaceStyle, size: tuple[int, int], mouth_open: float, eyes_open: bool,
-              offset: tuple[float, float]) -> tuple[Image.Image, Image.Image, Image.Image]:  # fmt: skip
+def draw_face(
+    style: FaceStyle, size: tuple[int, int], mouth_open: float, eyes_open: bool, offset: tuple[float, float]
+) -> tuple[Image.Image, Image.Image, Image.Image]:
     """One frame and its face and lip masks (mode 'L', 255 inside). `size` is (width, height)."""
     width, height = size
     image = Image.new("RGB", size, style.background)
@@ -159,8 +170,15 @@ def draw_face(style: FaceStyle, size: tuple[int, int], mouth_open: float, eyes_o
     return image, face_mask, lip_mask
 
 
-def write_clip(folder: Path, seed: int, seconds: float, size: tuple[int, int], fps: int = 25,
-               audio: np.ndarray | None = None, face_scale: float = 1.0) -> Path:  # fmt: skip
+def write_clip(
+    folder: Path,
+    seed: int,
+    seconds: float,
+    size: tuple[int, int],
+    fps: int = 25,
+    audio: np.ndarray | None = None,
+    face_scale: float = 1.0,
+) -> Path:
     """One clip: `sub_clip.mp4`, `audio.wav`, `images/`, `face_masks/`, `lip_masks/` (frame_i.png)."""
     rng = np.random.default_rng(seed)
     style = FaceStyle.random(rng, face_scale)
@@ -185,13 +203,23 @@ def write_clip(folder: Path, seed: int, seconds: float, size: tuple[int, int], f
     return folder
 
 
-def write_dataset(root: Path, num_clips: int, seconds: float, size: tuple[int, int] = (512, 512), seed: int = 0,
-                  list_name: str = "video_square_path.txt", face_scale: float = 1.0) -> Path:  # fmt: skip
+def write_dataset(
+    root: Path,
+    num_clips: int,
+    seconds: float,
+    size: tuple[int, int] = (512, 512),
+    seed: int = 0,
+    list_name: str = "video_square_path.txt",
+    face_scale: float = 1.0,
+) -> Path:
     """`num_clips` clips under `root/speech/` and the path list `root/<list_name>`; returns the list file."""
     root = Path(root)
-    clips = [write_clip(root / "speech" / f"{seed:04d}_{i:05d}", seed * 100_003 + i, seconds, size,
-                        face_scale=face_scale)
-             for i in range(num_clips)]  # fmt: skip
+    clips = [
+        write_clip(
+            root / "speech" / f"{seed:04d}_{i:05d}", seed * 100_003 + i, seconds, size, face_scale=face_scale
+        )
+        for i in range(num_clips)
+    ]
     list_file = root / list_name
     list_file.write_text("".join(f"{clip.resolve()}\n" for clip in clips))
     return list_file

@@ -112,8 +112,14 @@ def collate(items: list[dict]) -> dict:
     }
 
 
-def flow_matching_loss(transformer, encoded: EncodedBatch, schedule_sigmas: torch.Tensor, generator: torch.Generator,
-                       objective: ObjectiveConfig, dtype: torch.dtype) -> torch.Tensor:  # fmt: skip
+def flow_matching_loss(
+    transformer,
+    encoded: EncodedBatch,
+    schedule_sigmas: torch.Tensor,
+    generator: torch.Generator,
+    objective: ObjectiveConfig,
+    dtype: torch.dtype,
+) -> torch.Tensor:
     """The loss of one batch with this step's random draws."""
     latents, condition = encoded.sample(generator)
     noise = torch.randn(latents.shape, generator=generator).to(latents)
@@ -209,15 +215,22 @@ class Trainer:
 
             datasets = [PrecomputedDataset(config.precomputed_dir)]
         else:
-            datasets = [TalkingFaceDataset(source.list_file, source.width, source.height, config.num_frames, config.seed)
-                        for source in config.data]  # fmt: skip
+            datasets = [
+                TalkingFaceDataset(
+                    source.list_file, source.width, source.height, config.num_frames, config.seed
+                )
+                for source in config.data
+            ]
         self.datasets = datasets
         self.batch_sampler = ResolutionBatchSampler(
             [len(d) for d in datasets], config.batch_size, config.seed
         )
-        self.dataloader = DataLoader(ConcatDataset(datasets), batch_sampler=self.batch_sampler,
-                                     collate_fn=datasets[0].collate if config.precomputed_dir else collate,
-                                     num_workers=config.dataloader_num_workers)  # fmt: skip
+        self.dataloader = DataLoader(
+            ConcatDataset(datasets),
+            batch_sampler=self.batch_sampler,
+            collate_fn=datasets[0].collate if config.precomputed_dir else collate,
+            num_workers=config.dataloader_num_workers,
+        )
 
     def _prepare_optimizer(self) -> None:
         config, accelerator = self.config, self.accelerator
@@ -233,8 +246,12 @@ class Trainer:
             deepspeed_config["train_batch_size"] = (
                 config.batch_size * config.gradient_accumulation_steps * accelerator.num_processes
             )
-        scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
-                                  num_training_steps=self.max_train_steps * accelerator.num_processes)  # fmt: skip
+        scheduler = get_scheduler(
+            config.lr_scheduler,
+            optimizer,
+            num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
+            num_training_steps=self.max_train_steps * accelerator.num_processes,
+        )
         self.transformer, self.optimizer, self.dataloader, self.lr_scheduler = accelerator.prepare(
             self.pipeline.transformer, optimizer, self.dataloader, scheduler
         )
@@ -248,8 +265,13 @@ class Trainer:
         config, accelerator = self.config, self.accelerator
         first_epoch, skip_batches = self._resume()
         updates_per_epoch = max(math.ceil(len(self.dataloader) / config.gradient_accumulation_steps), 1)
-        bar = tqdm(total=self.max_train_steps, initial=self.global_step, desc="training", unit="step",
-                   disable=not accelerator.is_local_main_process)  # fmt: skip
+        bar = tqdm(
+            total=self.max_train_steps,
+            initial=self.global_step,
+            desc="training",
+            unit="step",
+            disable=not accelerator.is_local_main_process,
+        )
         micro_step = 0
         for epoch in range(first_epoch, math.ceil(self.max_train_steps / updates_per_epoch) + 1):
             self.batch_sampler.set_epoch(epoch)
@@ -387,18 +409,30 @@ class Trainer:
         path = self.config.output_dir / "validation" / f"step-{self.global_step}.mp4"
         self.transformer.eval()
         try:
-            self.pipeline(self.config.validation_image, self.config.validation_audio, prompt="The protagonist is talking",
-                          height=source.height, width=source.width, clip_length=self.config.num_frames,
-                          num_inference_steps=self.config.validation_inference_steps, seed=self.config.seed,
-                          output_path=path, progress=False)  # fmt: skip
+            self.pipeline(
+                self.config.validation_image,
+                self.config.validation_audio,
+                prompt="The protagonist is talking",
+                height=source.height,
+                width=source.width,
+                clip_length=self.config.num_frames,
+                num_inference_steps=self.config.validation_inference_steps,
+                seed=self.config.seed,
+                output_path=path,
+                progress=False,
+            )
         finally:
             self.transformer.train()
         return path
 
 
 def _build_optimizer(config: TrainConfig, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    kwargs = {"lr": config.learning_rate, "betas": (config.adam_beta1, config.adam_beta2),
-              "weight_decay": config.adam_weight_decay, "eps": config.adam_epsilon}  # fmt: skip
+    kwargs = {
+        "lr": config.learning_rate,
+        "betas": (config.adam_beta1, config.adam_beta2),
+        "weight_decay": config.adam_weight_decay,
+        "eps": config.adam_epsilon,
+    }
     if config.optimizer == "adamw":
         return torch.optim.AdamW(parameters, **kwargs)
     if config.optimizer == "adamw8bit":

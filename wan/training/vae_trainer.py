@@ -259,8 +259,13 @@ def train_vae(
         generator.set_state(state["torch_rng"])
         first_step, seconds, history = state["step"], state["seconds"], json.loads(state["history"])
     started = time.monotonic() - seconds
-    bar = tqdm(range(first_step, config.max_train_steps), desc="training VAE", unit="step",
-               initial=first_step, total=config.max_train_steps)  # fmt: skip
+    bar = tqdm(
+        range(first_step, config.max_train_steps),
+        desc="training VAE",
+        unit="step",
+        initial=first_step,
+        total=config.max_train_steps,
+    )
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(config, step)
@@ -275,9 +280,15 @@ def train_vae(
             bar.set_postfix(psnr=f"{parts['psnr']:.1f}", lip=f"{parts['lip_l1']:.3f}")
         if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.max_train_steps:
             config.output_dir.mkdir(parents=True, exist_ok=True)
-            state = {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1,
-                     "numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": generator.get_state(),
-                     "seconds": time.monotonic() - started, "history": json.dumps(history)}  # fmt: skip
+            state = {
+                "model": vae.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "step": step + 1,
+                "numpy_rng": json.dumps(rng.bit_generator.state),
+                "torch_rng": generator.get_state(),
+                "seconds": time.monotonic() - started,
+                "history": json.dumps(history),
+            }
             torch.save(state, checkpoint.with_suffix(".partial"))
             checkpoint.with_suffix(".partial").replace(checkpoint)
     vae.eval().requires_grad_(False)
@@ -299,8 +310,11 @@ def train_vae(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m wan.training.vae_trainer", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m wan.training.vae_trainer",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--data", type=Path, required=True, help="path list of clip folders (one per line)")
     parser.add_argument("--output", type=Path, required=True, help="folder for the trained VAE")
     parser.add_argument("--size", type=int, default=64, help="square training size (multiple of 8)")
@@ -311,8 +325,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    config = VaeTrainConfig(args.data, args.output, size=args.size, max_train_steps=args.steps,
-                            learning_rate=args.learning_rate, max_clips=args.max_clips, seed=args.seed)  # fmt: skip
+    config = VaeTrainConfig(
+        args.data,
+        args.output,
+        size=args.size,
+        max_train_steps=args.steps,
+        learning_rate=args.learning_rate,
+        max_clips=args.max_clips,
+        seed=args.seed,
+    )
     _, history = train_vae(config)
     print(f"wrote {args.output} (last PSNR {history[-1]['psnr']:.1f} dB)")
     return 0
