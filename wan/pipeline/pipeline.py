@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,9 +30,18 @@ from .conditioning import (
     encode_window_condition,
     image_to_tensor,
 )
-from .decoding import stream_decode
+from .decoding import StreamingDecoder, stream_decode
 from .sampler import GuidanceScales, ProgressCallback, SamplingConditions, SlidingWindowSampler
-from .windows import Window, window_audio_span
+from .streaming import (
+    AudioStream,
+    FrameNoise,
+    StreamedFrames,
+    stream_latents_to_frames,
+    streaming_windows,
+    window_waveform,
+)
+from .windows import Window, latent_frames_for_video, video_frames_for_audio
+from .windows_outer import PREFIX_MODES, SAMPLING_ORDERS, WindowsOuterSampler
 
 SAMPLE_RATE = 16000
 SIZE_MULTIPLE = 16
@@ -48,16 +57,6 @@ class StableAvatarOutput:
     seed: int
     seconds: float
     latents: torch.Tensor | None = None
-
-
-def video_frames_for_audio(num_samples: int, fps: int = 25, sample_rate: int = SAMPLE_RATE) -> int:
-    """Whole video frames the audio spans: floor(samples / (sample_rate / fps))."""
-    return num_samples // (sample_rate // fps)
-
-
-def latent_frames_for_video(num_frames: int) -> int:
-    """Latent frames whose decoding covers `num_frames` (the VAE gives 1 + 4(L-1)); extra frames are cut."""
-    return math.ceil((num_frames - 1) / 4) + 1
 
 
 class StableAvatarPipeline(DiffusionPipeline):
@@ -118,6 +117,8 @@ class StableAvatarPipeline(DiffusionPipeline):
         output_type: str = "mp4",
         progress: bool = True,
         cache_text_image: bool = True,
+        sampling_order: str = "steps",
+        prefix: str = "renoise",
     ) -> StableAvatarOutput:
         """Generate the video.
 
@@ -141,9 +142,15 @@ class StableAvatarPipeline(DiffusionPipeline):
             callback: called after every window step with (step, window, steps, windows).
             output_type: 'mp4' (needs output_path) or 'latent' (returns the latents, writes nothing).
             cache_text_image: compute the text/image keys and values once per video (same result, less work).
+            sampling_order: 'steps' (as published: every window at every step) or 'windows' (each window
+                finished before the next, continuing from its last frames; what `stream` runs). The noise
+                of 'windows' is drawn latent frame by latent frame, so the same seed gives another video.
+            prefix: with 'windows', how the previous window's last frames condition the next
+                ('renoise', 'condition' or 'both'; see `wan.pipeline.windows_outer`).
         """
         started = time.monotonic()
         self._check_settings(height, width, clip_length, overlap, fps, output_type, output_path)
+        self._check_order(sampling_order, prefix)
         reference = load_image(image)
         waveform = load_audio(audio, SAMPLE_RATE, audio_sample_rate)
         num_frames = video_frames_for_audio(len(waveform), fps)
@@ -157,18 +164,19 @@ class StableAvatarPipeline(DiffusionPipeline):
         num_latent_frames = latent_frames_for_video(num_frames)
 
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if seed is None else int(seed)
-        generator = torch.Generator("cpu").manual_seed(seed)
-        latent_shape = (1, self.vae.config.z_dim, num_latent_frames, height // 8, width // 8)
-        noise = torch.randn(latent_shape, generator=generator, dtype=torch.float32)
+        if sampling_order == "windows":
+            noise = FrameNoise(seed, self.vae.config.z_dim, height // 8, width // 8).frames(
+                0, num_latent_frames
+            )
+        else:
+            generator = torch.Generator("cpu").manual_seed(seed)
+            latent_shape = (1, self.vae.config.z_dim, num_latent_frames, height // 8, width // 8)
+            noise = torch.randn(latent_shape, generator=generator, dtype=torch.float32)
 
-        pixels = image_to_tensor(reference, width, height)
-        conditions = SamplingConditions(
-            prompt_embeds=encode_prompt(self.tokenizer, self.text_encoder, prompt, device),
-            negative_prompt_embeds=encode_prompt(self.tokenizer, self.text_encoder, negative_prompt, device),
-            image_embeds=encode_image(self.image_encoder, pixels),
-            condition=encode_window_condition(self.vae, pixels, min(window_length, num_latent_frames)),
+        conditions = self._conditions(
+            reference, prompt, negative_prompt, width, height, min(window_length, num_latent_frames)
         )
-        sampler = SlidingWindowSampler(
+        sampler = (WindowsOuterSampler if sampling_order == "windows" else SlidingWindowSampler)(
             self.transformer,
             self.scheduler,
             window_length=window_length,
@@ -179,6 +187,7 @@ class StableAvatarPipeline(DiffusionPipeline):
             ),
             device=device,
             cache_text_image=cache_text_image,
+            **({"prefix": prefix} if sampling_order == "windows" else {}),
         )
         latents = sampler(
             noise,
@@ -206,13 +215,125 @@ class StableAvatarPipeline(DiffusionPipeline):
                 remaining -= frames.shape[0]
         return StableAvatarOutput(output_path, num_frames, num_windows, seed, time.monotonic() - started)
 
+    @torch.no_grad()
+    def stream(
+        self,
+        image: str | Path | Image.Image | np.ndarray,
+        audio: Iterable[np.ndarray | torch.Tensor],
+        prompt: str = "",
+        negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
+        height: int = 512,
+        width: int = 512,
+        num_inference_steps: int = 50,
+        text_guidance_scale: float = 3.0,
+        audio_guidance_scale: float = 5.0,
+        guidance_interval: tuple[float, float] = (0.0, 1.0),
+        clip_length: int = 81,
+        overlap: int = 5,
+        seed: int | None = None,
+        fps: int = 25,
+        prefix: str = "renoise",
+        callback: ProgressCallback | None = None,
+        cache_text_image: bool = True,
+        weighting: str = "uniform",
+    ) -> Iterator[StreamedFrames]:
+        """Generate while the audio arrives: video frames come out window by window.
+
+        Takes `__call__`'s generation settings (so a model folder's `generation_settings.json` applies
+        unchanged; `weighting` is accepted and has no effect: windows-outer sampling blends nothing) and runs the windows-outer
+        order. The image, prompt and conditioning are encoded before the first audio chunk is read.
+
+        Args:
+            audio: chunks of 16 kHz mono samples, any size (float in [-1, 1] or integer PCM), e.g. from a
+                microphone or a pipe; the stream ends when the iterator does.
+            seed: as in `__call__`; the result equals `__call__(..., sampling_order="windows")` on the
+                whole audio with the same seed.
+            callback: called after every step as (step, window, steps, windows so far).
+        Yields:
+            `StreamedFrames`: each window's new frames `[T, H, W, 3]` in [-1, 1] with their audio and the
+            latency since the first audio sample arrived. The last one ends the video at the audio's length.
+        """
+        self._check_settings(height, width, clip_length, overlap, fps, "latent", None)
+        self._check_order("windows", prefix)
+        device = self._execution_device
+        window_length = (clip_length - 1) // 4 + 1
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if seed is None else int(seed)
+        noise = FrameNoise(seed, self.vae.config.z_dim, height // 8, width // 8)
+        conditions = self._conditions(
+            load_image(image), prompt, negative_prompt, width, height, window_length
+        )
+        sampler = WindowsOuterSampler(
+            self.transformer,
+            self.scheduler,
+            window_length=window_length,
+            overlap=overlap,
+            guidance=GuidanceScales(
+                text=text_guidance_scale, audio=audio_guidance_scale, interval=tuple(guidance_interval)
+            ),
+            device=device,
+            cache_text_image=cache_text_image,
+            prefix=prefix,
+        )
+        sampler.reset()
+        audio_stream = AudioStream(audio, SAMPLE_RATE // fps)
+        count = 0
+
+        def denoise(window: Window, known: torch.Tensor | None) -> torch.Tensor:
+            nonlocal count
+            index = count
+            count += 1
+
+            def report(step: int, steps: int) -> None:
+                if callback is not None:
+                    callback(step, index, steps, count)
+
+            features = encode_audio(
+                self.audio_encoder, self.audio_feature_extractor, audio_stream.window(window)
+            )
+            return sampler.denoise_window(
+                noise.frames(window.start, window.end),
+                conditions,
+                features,
+                window,
+                known,
+                num_inference_steps,
+                report,
+            )
+
+        decoder = StreamingDecoder(self.vae)
+        try:
+            yield from stream_latents_to_frames(
+                streaming_windows(audio_stream, window_length, overlap), denoise, decoder.decode, audio_stream
+            )
+        finally:
+            decoder.close()
+
+    def _conditions(
+        self, reference: Image.Image, prompt: str, negative_prompt: str, width: int, height: int, frames: int
+    ) -> SamplingConditions:
+        """Prompt, negative prompt, CLIP tokens and a `frames`-long window condition of the reference."""
+        device = self._execution_device
+        pixels = image_to_tensor(reference, width, height)
+        return SamplingConditions(
+            prompt_embeds=encode_prompt(self.tokenizer, self.text_encoder, prompt, device),
+            negative_prompt_embeds=encode_prompt(self.tokenizer, self.text_encoder, negative_prompt, device),
+            image_embeds=encode_image(self.image_encoder, pixels),
+            condition=encode_window_condition(self.vae, pixels, frames),
+        )
+
     def _window_audio(self, waveform: np.ndarray, window: Window, fps: int) -> torch.Tensor:
         """wav2vec2 features `[1, Na, 768]` of a window's audio (4 frames per latent frame; silence past the end)."""
-        start, length = window_audio_span(window, SAMPLE_RATE // fps)
-        chunk = np.zeros(length, dtype=np.float32)
-        piece = waveform[start : start + length]
-        chunk[: len(piece)] = piece
+        chunk = window_waveform(waveform, window, SAMPLE_RATE // fps)
         return encode_audio(self.audio_encoder, self.audio_feature_extractor, chunk)
+
+    @staticmethod
+    def _check_order(sampling_order: str, prefix: str) -> None:
+        if sampling_order not in SAMPLING_ORDERS:
+            raise UserFacingError(
+                f"unknown sampling order {sampling_order!r}; choose one of {', '.join(SAMPLING_ORDERS)}"
+            )
+        if prefix not in PREFIX_MODES:
+            raise UserFacingError(f"unknown prefix mode {prefix!r}; choose one of {', '.join(PREFIX_MODES)}")
 
     @staticmethod
     def _check_settings(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -67,3 +68,13 @@ def blend_weights(length: int, scheme: str = "uniform") -> torch.Tensor:
 def window_audio_span(window: Window, samples_per_frame: int) -> tuple[int, int]:
     """(first sample, number of samples) of the audio a window is conditioned on: 4 video frames per latent frame."""
     return window.start * 4 * samples_per_frame, window.length * 4 * samples_per_frame
+
+
+def video_frames_for_audio(num_samples: int, fps: int = 25, sample_rate: int = 16000) -> int:
+    """Whole video frames the audio spans: floor(samples / (sample_rate / fps))."""
+    return num_samples // (sample_rate // fps)
+
+
+def latent_frames_for_video(num_frames: int) -> int:
+    """Latent frames whose decoding covers `num_frames` (the VAE gives 1 + 4(L-1)); extra frames are cut."""
+    return math.ceil((num_frames - 1) / 4) + 1

@@ -1,0 +1,202 @@
+"""Streaming generation: audio in as chunks of any size, video out window by window.
+
+The windows-outer sampler (`WindowsOuterSampler`) makes frames final one window at a time, and the Wan VAE's
+causal decoder turns final latent frames into pixels without looking ahead (`StreamingDecoder`), so a window
+can be shown as soon as its audio has arrived and it is denoised.
+
+Audio features: the project computes wav2vec2 features per window, from that window's audio alone
+(normalised, convolved and attended over the window only), so a window's features need exactly its own
+samples: once they have arrived, the features equal those of the whole file (`AudioStream`). Noise is drawn
+latent frame by latent frame (`FrameNoise`), so it does not depend on the video's length, which a stream does
+not know until it ends. The result: the streamed video equals `pipeline(..., sampling_order="windows")` on
+the whole audio.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import UserFacingError
+from ..media import load_audio
+from .windows import Window, latent_frames_for_video, plan_windows, window_audio_span
+
+
+def window_waveform(
+    waveform: np.ndarray, window: Window, samples_per_frame: int, offset: int = 0
+) -> np.ndarray:
+    """The window's audio `[4 * window.length * samples_per_frame]` (4 frames per latent frame), silence past
+    the end of `waveform`; `offset` is the sample index of `waveform[0]` in the whole audio."""
+    start, length = window_audio_span(window, samples_per_frame)
+    chunk = np.zeros(length, dtype=np.float32)
+    piece = waveform[max(start - offset, 0) : start - offset + length]
+    chunk[: len(piece)] = piece
+    return chunk
+
+
+class AudioStream:
+    """Collects 16 kHz mono audio arriving in chunks of any size and hands out each window's audio once it
+    has arrived; samples no later window needs are dropped, so memory stays flat however long the stream.
+
+    Args:
+        chunks: arrays or tensors of samples (float in [-1, 1] or integer PCM; [S] or [C, S]) at 16 kHz.
+        samples_per_frame: audio samples per video frame (16000 / fps).
+    """
+
+    def __init__(self, chunks: Iterable[np.ndarray | torch.Tensor], samples_per_frame: int) -> None:
+        self._chunks = iter(chunks)
+        self.samples_per_frame = samples_per_frame
+        self._buffer = np.zeros(0, np.float32)
+        self._offset = 0  # sample index of _buffer[0]
+        self.ended = False
+        self.first_sample_time: float | None = None  # time.monotonic() when the first chunk arrived
+
+    @property
+    def received(self) -> int:
+        """Samples received so far."""
+        return self._offset + len(self._buffer)
+
+    def pull(self) -> bool:
+        """Take the next chunk; False (and `ended`) when the stream is over."""
+        if self.ended:
+            return False
+        try:
+            chunk = next(self._chunks)
+        except StopIteration:
+            self.ended = True
+            return False
+        if chunk is None or len(chunk) == 0:
+            return True
+        samples = load_audio(chunk, 16000)  # checks shape, dtype and values; integer PCM scaled
+        if self.first_sample_time is None:
+            self.first_sample_time = time.monotonic()
+        self._buffer = np.concatenate([self._buffer, samples])
+        return True
+
+    def wait_for(self, end_sample: int) -> bool:
+        """Pull chunks until `end_sample` samples have arrived (True) or the stream ends first (False)."""
+        while self.received < end_sample:
+            if not self.pull():
+                return False
+        return True
+
+    def window(self, window: Window) -> np.ndarray:
+        """The window's audio (`window_waveform`); its samples must have arrived, or the stream ended."""
+        start, length = window_audio_span(window, self.samples_per_frame)
+        if start < self._offset or (start + length > self.received and not self.ended):
+            raise ValueError(f"audio of {window} is not in the buffer")
+        return window_waveform(self._buffer, window, self.samples_per_frame, self._offset)
+
+    def samples(self, start: int, end: int) -> np.ndarray:
+        """Samples [start, end) (silence past the end of the stream)."""
+        chunk = np.zeros(end - start, np.float32)
+        piece = self._buffer[start - self._offset : end - self._offset]
+        chunk[: len(piece)] = piece
+        return chunk
+
+    def drop_before(self, sample: int) -> None:
+        """Forget samples before `sample`."""
+        cut = min(max(sample - self._offset, 0), len(self._buffer))
+        self._buffer = self._buffer[cut:]
+        self._offset += cut
+
+
+class FrameNoise:
+    """Initial noise `[1, C, 1, h, w]` per latent frame, drawn in frame order from one seeded CPU generator,
+    so frame k's noise is the same whatever the video's length (which a stream does not know in advance)."""
+
+    def __init__(self, seed: int, channels: int, height: int, width: int) -> None:
+        self._generator = torch.Generator("cpu").manual_seed(seed)
+        self._shape = (1, channels, 1, height, width)
+        self._frames: dict[int, torch.Tensor] = {}
+        self._next = 0
+
+    def frames(self, start: int, end: int) -> torch.Tensor:
+        """`[1, C, end - start, h, w]` noise of latent frames [start, end); frames before `start` are forgotten."""
+        while self._next < end:
+            self._frames[self._next] = torch.randn(self._shape, generator=self._generator)
+            self._next += 1
+        for index in [k for k in self._frames if k < start]:
+            del self._frames[index]
+        return torch.cat([self._frames[k] for k in range(start, end)], dim=2)
+
+
+@dataclass
+class StreamedFrames:
+    """One window's worth of final video.
+
+    frames: `[T, H, W, 3]` float32 in [-1, 1]. first_frame: index of frames[0] in the video.
+    audio: the 16 kHz samples of these frames `[T * samples_per_frame]`.
+    latents: `[1, 16, n, h, w]` the final latent frames these frames decode from.
+    window: index of the window. latency: seconds from the first audio sample's arrival to these frames.
+    """
+
+    frames: torch.Tensor
+    first_frame: int
+    audio: np.ndarray
+    latents: torch.Tensor
+    window: int
+    latency: float
+
+
+def streaming_windows(
+    audio: AudioStream, window_length: int, overlap: int
+) -> Iterator[tuple[Window, bool, int | None]]:
+    """The windows of the whole audio's plan (`plan_windows`), each as soon as its audio has arrived.
+
+    A window at its regular place (start k * stride) belongs to the plan of every audio that covers its
+    audio span, so it can go before the stream ends; the rest (the last, aligned to the end) follow the end.
+    Yields (window, is_last, video frames of the whole audio when known else None).
+    """
+    samples_per_latent = 4 * audio.samples_per_frame
+    stride = window_length - overlap
+    done = 0
+    start = 0
+    while audio.wait_for((start + window_length) * samples_per_latent):
+        yield Window(start, start + window_length, 0 if start == 0 else overlap), False, None
+        done += 1
+        start += stride
+    num_frames = audio.received // audio.samples_per_frame
+    if num_frames < 1:
+        raise UserFacingError(
+            f"the audio stream ended after {audio.received} samples, shorter than one video frame "
+            f"({audio.samples_per_frame} samples); stream longer audio"
+        )
+    windows = plan_windows(latent_frames_for_video(num_frames), window_length, overlap)
+    for index, window in enumerate(windows[done:], start=done):
+        yield window, index == len(windows) - 1, num_frames
+
+
+def stream_latents_to_frames(
+    windows: Iterator[tuple[Window, bool, int | None]],
+    denoise: Callable[[Window, torch.Tensor | None], torch.Tensor],
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    audio: AudioStream,
+) -> Iterator[StreamedFrames]:
+    """Denoise each window (`denoise(window, known_prefix) -> [1, 16, F, h, w]` clean latents), decode the
+    frames that became final and yield them with their audio."""
+    spf = audio.samples_per_frame
+    recent = None  # the last window's clean latents
+    recent_start = 0
+    final_latents = 0  # latent frames already emitted
+    frames_out = 0
+    for index, (window, is_last, num_frames) in enumerate(windows):
+        known = None
+        if window.overlap:
+            known = recent[:, :, window.start - recent_start : window.start - recent_start + window.overlap]
+        latents = denoise(window, known)
+        recent, recent_start = latents, window.start
+        new = latents[:, :, final_latents - window.start :]
+        final_latents = window.end
+        pixels = decode(new)[0].permute(1, 2, 3, 0)  # [T, H, W, 3]
+        if is_last:
+            pixels = pixels[: num_frames - frames_out]
+        audio_piece = audio.samples(frames_out * spf, (frames_out + len(pixels)) * spf)
+        audio.drop_before(4 * (window.start + 1) * spf)
+        started = audio.first_sample_time or time.monotonic()
+        yield StreamedFrames(pixels, frames_out, audio_piece, new, index, time.monotonic() - started)
+        frames_out += len(pixels)

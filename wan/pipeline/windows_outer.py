@@ -1,0 +1,180 @@
+"""Windows outer, timesteps inner: each window is denoised to the end before the next begins.
+
+The published sampler (`SlidingWindowSampler`) runs every window at every step, so no frame is final before
+the last step of the last window. Here window k is finished first; window k+1 then continues from k's last
+clean latent frames (the overlap), which act as a known motion prefix. That makes frames final window by
+window, so a video can be decoded and shown while the audio is still arriving (`wan.pipeline.streaming`).
+Same model, no retraining; the published order stays the default for the released models.
+
+How the known prefix reaches the next window (`prefix`):
+
+- 'renoise': at every step the overlap frames of the window's latents are replaced by the previous window's
+  clean latents re-noised to that step's level, `(1 - sigma) * x0 + sigma * noise` (inpainting by
+  replacement); the model sees the prefix the way it sees any partly denoised frame.
+- 'condition': the overlap frames go in through the image-to-video mask and condition channels (mask 1,
+  condition latents = the clean prefix) as the reference image does for frame 0; the latents stay free.
+- 'both': the two together.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from ..models import CrossAttentionCache
+from .sampler import ProgressCallback, SamplingConditions, SlidingWindowSampler
+from .windows import Window
+
+PREFIX_MODES = ("renoise", "condition", "both")
+SAMPLING_ORDERS = {
+    "steps": "timesteps outer, windows inner, overlaps blended after every step (as published)",
+    "windows": "windows outer: each window finished before the next, continuing from its last frames "
+    "(frames are final window by window: needed for streaming)",
+}
+
+
+class WindowsOuterSampler(SlidingWindowSampler):
+    """Denoises window after window; takes the `SlidingWindowSampler` arguments plus:
+
+    Args:
+        prefix: how the previous window's clean overlap frames condition the next window ('renoise',
+            'condition' or 'both', see the module docstring).
+    """
+
+    def __init__(self, *args, prefix: str = "renoise", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if prefix not in PREFIX_MODES:
+            raise ValueError(f"unknown prefix mode {prefix!r}; choose one of {', '.join(PREFIX_MODES)}")
+        self.prefix = prefix
+        self._context_caches: dict[bool, CrossAttentionCache] = {}
+        self._windows_done = 0
+
+    def reset(self) -> None:
+        """Forget the per-video caches (call before a new video when reusing the sampler)."""
+        self._context_caches = {True: CrossAttentionCache(), False: CrossAttentionCache()}
+        self._windows_done = 0
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        noise: torch.Tensor,
+        conditions: SamplingConditions,
+        window_audio: Callable[[Window], torch.Tensor],
+        num_inference_steps: int = 50,
+        callback: ProgressCallback | None = None,
+        progress: bool = True,
+    ) -> torch.Tensor:
+        """The whole video at once, window after window (same arguments and result as `SlidingWindowSampler`).
+
+        Returns:
+            `[1, 16, L, h, w]` float32 latents on the CPU.
+        """
+        noise = noise.detach().to("cpu", torch.float32)
+        state = noise.clone()
+        windows = self.plan(state.shape[2])
+        self.reset()
+        bar = tqdm(
+            total=num_inference_steps * len(windows), desc="denoising", unit="step", disable=not progress
+        )
+        for index, window in enumerate(windows):
+            known = (
+                state[:, :, window.start : window.start + window.overlap].clone() if window.overlap else None
+            )
+
+            def report(step: int, steps: int, index: int = index) -> None:
+                bar.update()
+                if callback is not None:
+                    callback(step, index, steps, len(windows))
+
+            state[:, :, window.start : window.end] = self.denoise_window(
+                noise[:, :, window.start : window.end],
+                conditions,
+                window_audio(window),
+                window,
+                known,
+                num_inference_steps,
+                report,
+            )
+        bar.close()
+        return state
+
+    @torch.no_grad()
+    def denoise_window(
+        self,
+        noise: torch.Tensor,
+        conditions: SamplingConditions,
+        audio: torch.Tensor,
+        window: Window,
+        known: torch.Tensor | None,
+        num_inference_steps: int,
+        callback: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
+        """Denoise one window from its noise to the end.
+
+        Args:
+            noise: `[1, 16, F, h, w]` the window's initial noise (F = `window.length`).
+            audio: `[1, Na, 768]` the window's wav2vec2 features.
+            known: `[1, 16, window.overlap, h, w]` the previous window's clean latents of the overlap frames,
+                or None for a window without predecessor.
+            callback: called after every step as callback(step_index, num_steps).
+        Returns:
+            `[1, 16, F, h, w]` float32 clean latents on the CPU; the first `window.overlap` frames are the
+            known prefix unchanged.
+        """
+        if not self._context_caches:
+            self.reset()
+        scheduler = copy.deepcopy(self.scheduler)  # solver state never leaks between windows
+        scheduler.set_timesteps(num_inference_steps, device=self.device)
+        sigmas = scheduler.sigmas.detach().to("cpu", torch.float32)
+        text, image = self._batched_text_and_image(conditions)
+        dtype = self.transformer.dtype
+        noise = noise.detach().to("cpu", torch.float32)
+        overlap = 0 if known is None else known.shape[2]
+        window_conditions = self._window_conditions(conditions, window, known)
+        renoise = overlap > 0 and self.prefix in ("renoise", "both")
+        latents = noise.clone()
+        name = f"window-{self._windows_done}"
+        self._windows_done += 1
+        for step_index, timestep in enumerate(scheduler.timesteps):
+            if renoise:
+                sigma = sigmas[step_index]
+                latents[:, :, :overlap] = (1 - sigma) * known + sigma * noise[:, :, :overlap]
+            guided = self.guidance.active(step_index, num_inference_steps)
+            batch_text, batch_image = (text, image) if guided else (text[-1:], image[-1:])
+            with self._cache_context(name):
+                prediction = self._predict(
+                    latents.to(self.device),
+                    timestep,
+                    window_conditions,
+                    batch_text,
+                    batch_image,
+                    audio.to("cpu", torch.float32),
+                    window,
+                    dtype,
+                    guided,
+                    self._context_caches[guided] if self.cache_text_image else None,
+                )
+            latents = scheduler.step(prediction, timestep, latents.to(self.device), return_dict=False)[0]
+            latents = latents.to("cpu", torch.float32)
+            if callback is not None:
+                callback(step_index, num_inference_steps)
+        if overlap:
+            latents[:, :, :overlap] = known
+        return latents
+
+    def _window_conditions(
+        self, conditions: SamplingConditions, window: Window, known: torch.Tensor | None
+    ) -> SamplingConditions:
+        """The conditions with the known prefix in the mask/condition channels ('condition', 'both')."""
+        if known is None or self.prefix == "renoise":
+            return conditions
+        condition = conditions.condition[:, :, : window.length].clone()
+        overlap = known.shape[2]
+        condition[:, :4, :overlap] = 1.0
+        condition[:, 4:, :overlap] = known.to(condition.dtype)
+        return SamplingConditions(
+            conditions.prompt_embeds, conditions.negative_prompt_embeds, conditions.image_embeds, condition
+        )
