@@ -25,11 +25,13 @@ from wan.loading.lora import load_lora
 from wan.media import read_video_info
 from wan.pipeline import StableAvatarPipeline
 from wan.pipeline.tiny import build_tiny_pipeline
-from wan.training.dataset import TalkingFaceDataset
+from wan.training.dataset import TalkingFaceDataset, collate
 from wan.training.encode import encode_batch
+from wan.training.loop import step_generator
+from wan.training.objective import flow_matching_loss
 from wan.training.precompute import PrecomputedDataset, precompute
 from wan.training.synthetic import write_dataset
-from wan.training.trainer import Trainer, collate, flow_matching_loss, step_generator
+from wan.training.trainer import Trainer
 
 
 @pytest.fixture(scope="module")

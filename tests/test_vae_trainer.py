@@ -49,9 +49,9 @@ def test_interrupted_vae_training_resumes_exactly(tmp_path) -> None:
     frames.sample = failing_sample
     with pytest.raises(_Stop):
         train_vae(config(tmp_path / "b"), frames)
-    assert (tmp_path / "b" / "checkpoint.pt").is_file()
+    assert (tmp_path / "b" / "checkpoint-2").is_dir()
     resumed, resumed_history = train_vae(config(tmp_path / "b"))
-    assert not (tmp_path / "b" / "checkpoint.pt").exists()
+    assert not list((tmp_path / "b").glob("checkpoint-*"))  # a finished run leaves only the VAE
     assert [entry["loss"] for entry in resumed_history] == pytest.approx(
         [entry["loss"] for entry in history], rel=1e-6
     )

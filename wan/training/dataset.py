@@ -181,3 +181,18 @@ class TalkingFaceDataset(Dataset):
             return torch.ones(self.height, self.width)
         mask = Image.open(path).convert("L").resize((self.width, self.height), Image.Resampling.BILINEAR)
         return torch.from_numpy(np.asarray(mask, np.float32).copy()) / 255.0
+
+
+def collate(items: list[dict]) -> dict:
+    """A batch of `TalkingFaceDataset` items (same size); audio zero-padded to the longest."""
+    longest = max(item["audio"].numel() for item in items)
+    return {
+        "pixel_values": torch.stack([item["pixel_values"] for item in items]),
+        "face_masks": torch.stack([item["face_masks"] for item in items]),
+        "lip_masks": torch.stack([item["lip_masks"] for item in items]),
+        "audio": torch.stack(
+            [torch.nn.functional.pad(item["audio"], (0, longest - item["audio"].numel())) for item in items]
+        ),
+        "prompt": [item["prompt"] for item in items],
+        "folder": [item["folder"] for item in items],
+    }

@@ -37,11 +37,11 @@ from ..models import STABLEAVATAR_1_3B, StableAvatarTransformer3DModel
 from ..pipeline.conditioning import DEFAULT_NEGATIVE_PROMPT
 from ..pipeline.pipeline import StableAvatarPipeline
 from ..pipeline.tiny import build_small_encoders
-from .dataset import TalkingFaceDataset
+from .dataset import TalkingFaceDataset, collate
 from .encode import encode_batch
 from .objective import ObjectiveConfig
 from .synthetic import SENTENCES, write_dataset
-from .trainer import TrainConfig, Trainer, collate
+from .trainer import TrainConfig, Trainer
 from .vae_trainer import VaeTrainConfig, train_vae
 
 # ---- the demo model and how it generates ----------------------------------------------------------------
@@ -289,11 +289,11 @@ def train_transformer(
         ema_decay=0.999,
         report_to="none",
     )
-    trainer = Trainer(config, pipe)
     # The demo scheduler's shift, for the noise levels training draws as well as for sampling.
-    trainer.schedule_sigmas = FlowMatchEulerDiscreteScheduler(
+    sigmas = FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=1000, shift=DEMO_SCHEDULER_SHIFT
     ).sigmas.float()
+    trainer = Trainer(config, pipe, schedule_sigmas=sigmas)
     trainer.train()
     trainer.ema.copy_to(trainer.trainable)
     return trainer

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from .encode import EncodedBatch
 
 # Loss weightings drawn once per step, as the published trainer does.
 WHOLE_FACE_AND_LIPS, FACE_ONLY, LIPS_ONLY = "1+face+lip", "face", "lip"
@@ -96,3 +100,32 @@ def masked_flow_loss(
             motion = F.mse_loss(prediction.float().diff(dim=axis), target.float().diff(dim=axis))
             loss = loss * (1 - config.motion_weight) + motion * config.motion_weight
     return loss
+
+
+def flow_matching_loss(
+    transformer: torch.nn.Module,
+    encoded: EncodedBatch,
+    schedule_sigmas: torch.Tensor,
+    generator: torch.Generator,
+    objective: ObjectiveConfig,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """The loss of one encoded batch with this step's random draws (posterior sample, noise, noise level,
+    mask weighting, audio dropout, clip-level audio), all from `generator`."""
+    latents, condition = encoded.sample(generator)
+    noise = torch.randn(latents.shape, generator=generator).to(latents)
+    sigmas = sample_sigmas(schedule_sigmas, latents.shape[0], generator).to(latents.device)
+    noisy, target = noisy_latents_and_target(latents, noise, sigmas)
+    choices = StepChoices.draw(objective, generator)
+    audio = torch.zeros_like(encoded.audio) if choices.drop_audio else encoded.audio
+    prediction = transformer(
+        hidden_states=torch.cat([noisy, condition], dim=1).to(dtype),
+        timestep=sigmas * 1000.0,
+        encoder_hidden_states=encoded.text.to(dtype),
+        encoder_hidden_states_image=encoded.image.to(dtype),
+        audio_embeds=audio.to(dtype),
+        num_video_frames=encoded.num_video_frames,
+        audio_guidance_triple=False,
+        clip_level_audio=choices.clip_level_audio,
+    ).sample
+    return masked_flow_loss(prediction, target, encoded.face_masks, encoded.lip_masks, choices, objective)

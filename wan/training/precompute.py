@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..cli import run_cli
 from ..errors import UserFacingError
 from ..pipeline.pipeline import StableAvatarPipeline
-from .dataset import TalkingFaceDataset
+from .dataset import TalkingFaceDataset, collate
 from .encode import EncodedBatch, encode_batch
 
 
@@ -50,8 +50,6 @@ def precompute(
     pipe: StableAvatarPipeline, dataset: TalkingFaceDataset, output: Path, samples_per_clip: int
 ) -> int:
     """Write `samples_per_clip` windows of every clip; returns the number of files."""
-    from .trainer import collate
-
     output.mkdir(parents=True, exist_ok=True)
     count = 0
     with tqdm(total=samples_per_clip * len(dataset), desc="caching features", unit="sample") as bar:

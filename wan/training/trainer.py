@@ -1,40 +1,45 @@
-"""One trainer for every StableAvatar training set-up (the differences are presets, see presets.py).
+"""StableAvatar's training task: flow matching of the DiT (with its audio adapter) on talking-face clips.
 
-Runs on accelerate (single process, DDP, FSDP or DeepSpeed, decided by `accelerate launch` and its
-config); every random choice of a step comes from a generator seeded by (seed, step, process), so a
-resumed run continues exactly as an uninterrupted one would.
+`FlowMatchingTask` plugs into the generic `loop.TrainingLoop` (accelerate, resume, EMA, checkpoints,
+validation, signals); `Trainer(config)` builds both from one `TrainConfig` (the differences between the
+published set-ups are presets, see presets.py). Every random choice of a step comes from the loop's step
+generator, so a resumed run continues exactly as an uninterrupted one would.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.optimization import get_scheduler
 from safetensors.torch import save_file
 from torch.utils.data import ConcatDataset, DataLoader
-from tqdm.auto import tqdm
 
 from ..errors import UserFacingError
 from ..loading.lora import is_audio_parameter, lora_config, save_lora
 from ..loading.released import SCHEDULER_CONFIG
 from ..loading.transformer import load_transformer_weights
 from ..pipeline.pipeline import StableAvatarPipeline
-from .dataset import TalkingFaceDataset
+from .dataset import TalkingFaceDataset, collate
 from .encode import EncodedBatch, encode_batch
-from .objective import ObjectiveConfig, StepChoices, masked_flow_loss, noisy_latents_and_target, sample_sigmas
+from .loop import (
+    CHECKPOINT_PREFIX,
+    LoopConfig,
+    OptimizerSpec,
+    StepContext,
+    TrainingLoop,
+    TrainingTask,
+    step_generator,
+)
+from .objective import ObjectiveConfig, flow_matching_loss
 from .sampler import ResolutionBatchSampler
 
-CHECKPOINT_PREFIX = "checkpoint-"
+__all__ = ["CHECKPOINT_PREFIX", "DataSource", "FlowMatchingTask", "TrainConfig", "Trainer", "step_generator"]
+
 WEIGHTS_NAME = "transformer3d-checkpoint-{step}.safetensors"
 
 
@@ -92,93 +97,36 @@ class TrainConfig:
     precomputed_dir: Path | None = None
 
 
-def step_generator(seed: int, step: int, micro_step: int, process: int) -> torch.Generator:
-    """The generator of one micro-step: independent of everything but these four numbers."""
-    state = np.random.SeedSequence([seed, step, micro_step, process]).generate_state(1)[0]
-    return torch.Generator().manual_seed(int(state))
+class FlowMatchingTask(TrainingTask):
+    """The DiT trained by flow matching on raw clips (encoded on the fly) or on cached features."""
 
-
-def collate(items: list[dict]) -> dict:
-    longest = max(item["audio"].numel() for item in items)
-    return {
-        "pixel_values": torch.stack([item["pixel_values"] for item in items]),
-        "face_masks": torch.stack([item["face_masks"] for item in items]),
-        "lip_masks": torch.stack([item["lip_masks"] for item in items]),
-        "audio": torch.stack(
-            [torch.nn.functional.pad(item["audio"], (0, longest - item["audio"].numel())) for item in items]
-        ),
-        "prompt": [item["prompt"] for item in items],
-        "folder": [item["folder"] for item in items],
-    }
-
-
-def flow_matching_loss(
-    transformer,
-    encoded: EncodedBatch,
-    schedule_sigmas: torch.Tensor,
-    generator: torch.Generator,
-    objective: ObjectiveConfig,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    """The loss of one batch with this step's random draws."""
-    latents, condition = encoded.sample(generator)
-    noise = torch.randn(latents.shape, generator=generator).to(latents)
-    sigmas = sample_sigmas(schedule_sigmas, latents.shape[0], generator).to(latents.device)
-    noisy, target = noisy_latents_and_target(latents, noise, sigmas)
-    choices = StepChoices.draw(objective, generator)
-    audio = torch.zeros_like(encoded.audio) if choices.drop_audio else encoded.audio
-    prediction = transformer(
-        hidden_states=torch.cat([noisy, condition], dim=1).to(dtype),
-        timestep=sigmas * 1000.0,
-        encoder_hidden_states=encoded.text.to(dtype),
-        encoder_hidden_states_image=encoded.image.to(dtype),
-        audio_embeds=audio.to(dtype),
-        num_video_frames=encoded.num_video_frames,
-        audio_guidance_triple=False,
-        clip_level_audio=choices.clip_level_audio,
-    ).sample
-    return masked_flow_loss(prediction, target, encoded.face_masks, encoded.lip_masks, choices, objective)
-
-
-class Trainer:
-    """Set up with `Trainer(config, pipeline)`, run with `train()`; `history` holds (step, loss)."""
-
-    def __init__(self, config: TrainConfig, pipeline: StableAvatarPipeline | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        pipeline: StableAvatarPipeline | None = None,
+        schedule_sigmas: torch.Tensor | None = None,
+    ) -> None:
         self.config = config
-        config.output_dir.mkdir(parents=True, exist_ok=True)
-        report_to = config.report_to if config.report_to != "none" and _tensorboard_available() else None
-        self.accelerator = Accelerator(
-            # DeepSpeed brings its own CPU accelerator; forcing accelerate's CPU mode would silently drop it.
-            cpu=not torch.cuda.is_available()
-            and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true",
-            mixed_precision=config.mixed_precision,
-            gradient_accumulation_steps=config.gradient_accumulation_steps,
-            log_with=report_to,
-            project_config=ProjectConfiguration(
-                project_dir=str(config.output_dir), logging_dir=str(config.output_dir / "logs")
-            ),
-        )
-        set_seed(config.seed)
-        self.pipeline = pipeline or self._load_pipeline()
-        if config.transformer_path is not None:
-            load_transformer_weights(self.pipeline.transformer, config.transformer_path)
+        self.pipeline = pipeline
+        self.micro_batch_size = config.batch_size
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
             config.mixed_precision, torch.float32
         )
-        self.schedule_sigmas = FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG).sigmas.float()
-        self.history: list[tuple[int, float]] = []
-        self.global_step = 0
-        self._prepare_model()
-        self._prepare_data()
-        self._prepare_optimizer()
+        self.schedule_sigmas = (
+            schedule_sigmas
+            if schedule_sigmas is not None
+            else FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG).sigmas.float()
+        )
 
     # ---- set-up -------------------------------------------------------------------------------------
-    def _load_pipeline(self) -> StableAvatarPipeline:
-        if self.config.pipeline_dir is None or not (self.config.pipeline_dir / "model_index.json").is_file():
-            raise UserFacingError(
-                f"{self.config.pipeline_dir} is not a converted model folder; run python -m wan.convert first"
-            )
-        return StableAvatarPipeline.from_pretrained(self.config.pipeline_dir)
+    def setup(self, accelerator: Accelerator) -> None:
+        self.accelerator = accelerator
+        if self.pipeline is None:
+            self.pipeline = _load_pipeline(self.config.pipeline_dir)
+        if self.config.transformer_path is not None:
+            load_transformer_weights(self.pipeline.transformer, self.config.transformer_path)
+        self._prepare_model()
+        self._prepare_data()
 
     def _prepare_model(self) -> None:
         config, pipe = self.config, self.pipeline
@@ -201,12 +149,7 @@ class Trainer:
             transformer.compile_repeated_blocks(fullgraph=False)
         transformer.train()
         self.trainable = [p for p in transformer.parameters() if p.requires_grad]
-        self.ema = None
-        if config.use_ema:
-            from diffusers.training_utils import EMAModel
-
-            self.ema = EMAModel(self.trainable, decay=config.ema_decay)
-            self.accelerator.register_for_checkpointing(self.ema)
+        self.modules = {"transformer": transformer}
 
     def _prepare_data(self) -> None:
         config = self.config
@@ -225,205 +168,149 @@ class Trainer:
         self.batch_sampler = ResolutionBatchSampler(
             [len(d) for d in datasets], config.batch_size, config.seed
         )
-        self.dataloader = DataLoader(
+        self._dataloader = DataLoader(
             ConcatDataset(datasets),
             batch_sampler=self.batch_sampler,
             collate_fn=datasets[0].collate if config.precomputed_dir else collate,
             num_workers=config.dataloader_num_workers,
         )
 
-    def _prepare_optimizer(self) -> None:
-        config, accelerator = self.config, self.accelerator
+    def optimizers(self) -> list[OptimizerSpec]:
+        if hasattr(self, "_specs"):
+            return self._specs
+        config = self.config
         updates_per_epoch = math.ceil(
-            len(self.batch_sampler) / accelerator.num_processes / config.gradient_accumulation_steps
+            len(self.batch_sampler) / self.accelerator.num_processes / config.gradient_accumulation_steps
         )
-        self.max_train_steps = config.max_train_steps or config.num_train_epochs * updates_per_epoch
+        max_train_steps = config.max_train_steps or config.num_train_epochs * updates_per_epoch
         optimizer = _build_optimizer(config, self.trainable)
-        if accelerator.state.deepspeed_plugin is not None:
-            # Our batches come from a batch sampler, which DeepSpeed cannot read the batch size from.
-            deepspeed_config = accelerator.state.deepspeed_plugin.deepspeed_config
-            deepspeed_config["train_micro_batch_size_per_gpu"] = config.batch_size
-            deepspeed_config["train_batch_size"] = (
-                config.batch_size * config.gradient_accumulation_steps * accelerator.num_processes
-            )
         scheduler = get_scheduler(
             config.lr_scheduler,
             optimizer,
-            num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
-            num_training_steps=self.max_train_steps * accelerator.num_processes,
+            num_warmup_steps=config.lr_warmup_steps,
+            num_training_steps=max_train_steps,
         )
-        self.transformer, self.optimizer, self.dataloader, self.lr_scheduler = accelerator.prepare(
-            self.pipeline.transformer, optimizer, self.dataloader, scheduler
-        )
-        if accelerator.is_main_process and accelerator.trackers == [] and accelerator.log_with:
-            accelerator.init_trackers(
-                "stableavatar", config={"lr": config.learning_rate, "seed": config.seed}
-            )
+        self._specs = [OptimizerSpec("transformer", optimizer, scheduler, config.max_grad_norm)]
+        return self._specs
 
-    # ---- loop ---------------------------------------------------------------------------------------
-    def train(self) -> list[tuple[int, float]]:
-        config, accelerator = self.config, self.accelerator
-        first_epoch, skip_batches = self._resume()
-        updates_per_epoch = max(math.ceil(len(self.dataloader) / config.gradient_accumulation_steps), 1)
-        bar = tqdm(
-            total=self.max_train_steps,
-            initial=self.global_step,
-            desc="training",
-            unit="step",
-            disable=not accelerator.is_local_main_process,
-        )
-        micro_step = 0
-        for epoch in range(first_epoch, math.ceil(self.max_train_steps / updates_per_epoch) + 1):
-            self.batch_sampler.set_epoch(epoch)
-            for dataset in self.datasets:
-                dataset.set_epoch(epoch)
-            batches = (
-                accelerator.skip_first_batches(self.dataloader, skip_batches)
-                if skip_batches
-                else self.dataloader
-            )
-            skip_batches = 0
-            for batch in batches:
-                with accelerator.accumulate(self.transformer):
-                    loss = self._loss(batch, micro_step)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and config.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(self.trainable, config.max_grad_norm)
-                    self.optimizer.step()
-                    self.lr_scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                micro_step += 1
-                if not accelerator.sync_gradients:
-                    continue
-                micro_step = 0
-                self.global_step += 1
-                mean_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
-                self.history.append((self.global_step, mean_loss))
-                if self.ema is not None:
-                    self.ema.step(self.trainable)
-                bar.update()
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{self.lr_scheduler.get_last_lr()[0]:.2e}")
-                accelerator.log(
-                    {"loss": mean_loss, "lr": self.lr_scheduler.get_last_lr()[0]}, step=self.global_step
-                )
-                if (
-                    self.global_step % config.checkpointing_steps == 0
-                    or self.global_step == self.max_train_steps
-                ):
-                    self.save_checkpoint()
-                if config.validation_image and self.global_step % config.validation_steps == 0:
-                    self.validate()
-                if self.global_step >= self.max_train_steps:
-                    break
-            if self.global_step >= self.max_train_steps:
-                break
-        bar.close()
-        accelerator.wait_for_everyone()
-        accelerator.end_training()
-        return self.history
+    def dataloader(self) -> DataLoader:
+        return self._dataloader
 
-    def _loss(self, batch: dict, micro_step: int) -> torch.Tensor:
+    def set_epoch(self, epoch: int) -> None:
+        self.batch_sampler.set_epoch(epoch)
+        for dataset in self.datasets:
+            dataset.set_epoch(epoch)
+
+    def ema_parameters(self) -> list[torch.nn.Parameter]:
+        return self.trainable
+
+    # ---- one step -----------------------------------------------------------------------------------
+    @property
+    def transformer(self) -> torch.nn.Module:
+        """The trained DiT as accelerate prepared it (DDP/DeepSpeed wrapper after the loop's set-up)."""
+        return self.modules["transformer"]
+
+    def prepare_batch(self, batch, context: StepContext) -> EncodedBatch:
         encoded = batch if isinstance(batch, EncodedBatch) else encode_batch(self.pipeline, batch)
-        encoded = encoded.to(self.accelerator.device)
-        generator = step_generator(
-            self.config.seed, self.global_step, micro_step, self.accelerator.process_index
+        return encoded.to(self.accelerator.device)
+
+    def losses(self, batch: EncodedBatch, context: StepContext):
+        loss = flow_matching_loss(
+            self.transformer,
+            batch,
+            self.schedule_sigmas,
+            context.generator,
+            self.config.objective,
+            self.dtype,
         )
-        with self.accelerator.autocast():
-            return flow_matching_loss(
-                self.transformer, encoded, self.schedule_sigmas, generator, self.config.objective, self.dtype
-            )
+        return [("transformer", loss)]
 
-    # ---- checkpoints --------------------------------------------------------------------------------
-    def checkpoints(self) -> list[Path]:
-        found = [
-            p
-            for p in self.config.output_dir.glob(f"{CHECKPOINT_PREFIX}*")
-            if p.name[len(CHECKPOINT_PREFIX) :].isdigit()
-        ]
-        return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
-
-    def save_checkpoint(self) -> Path:
-        """accelerate state (model, optimizer, scheduler, RNG, EMA) + a weights file inference loads directly.
-        Written under a temporary name and renamed, so a crash never leaves a checkpoint that looks complete."""
-        accelerator = self.accelerator
-        final = self.config.output_dir / f"{CHECKPOINT_PREFIX}{self.global_step}"
-        staging = self.config.output_dir / f".{final.name}.partial"
-        if accelerator.is_main_process and staging.exists():
-            shutil.rmtree(staging)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(staging))
-        if accelerator.is_main_process:
-            self._save_weights(staging)
-            (staging / "trainer_state.json").write_text(json.dumps({"global_step": self.global_step}))
-            if final.exists():
-                shutil.rmtree(final)
-            staging.rename(final)
-            limit = self.config.checkpoints_total_limit
-            if limit is not None:
-                for old in self.checkpoints()[:-limit]:
-                    shutil.rmtree(old)
-        accelerator.wait_for_everyone()
-        return final
-
-    def _save_weights(self, folder: Path) -> None:
+    # ---- outputs ------------------------------------------------------------------------------------
+    def save_weights(self, folder: Path, step: int) -> None:
+        """A weights file inference loads directly: the full DiT, or the LoRA folder."""
         transformer = self.accelerator.unwrap_model(self.transformer)
-        if self.ema is not None:
-            self.ema.store(self.trainable)
-            self.ema.copy_to(self.trainable)
-        try:
-            if self.config.lora_rank:
-                save_lora(transformer, folder / "lora")
-            else:
-                state = {k: v.detach().contiguous().cpu() for k, v in transformer.state_dict().items()}
-                save_file(state, str(folder / WEIGHTS_NAME.format(step=self.global_step)))
-        finally:
-            if self.ema is not None:
-                self.ema.restore(self.trainable)
-
-    def _resume(self) -> tuple[int, int]:
-        """Load a checkpoint if asked; returns (epoch to start in, batches of it to skip)."""
-        choice = self.config.resume_from_checkpoint
-        if not choice:
-            return 0, 0
-        if choice == "latest":
-            found = self.checkpoints()
-            if not found:
-                self.accelerator.print(f"no checkpoint in {self.config.output_dir}; starting from scratch")
-                return 0, 0
-            path = found[-1]
+        if self.config.lora_rank:
+            save_lora(transformer, folder / "lora")
         else:
-            path = Path(choice)
-            if not path.is_dir():
-                raise UserFacingError(f"checkpoint {path} not found; use 'latest' or a checkpoint-N folder")
-        self.accelerator.load_state(str(path))
-        self.global_step = json.loads((path / "trainer_state.json").read_text())["global_step"]
-        updates_per_epoch = max(math.ceil(len(self.dataloader) / self.config.gradient_accumulation_steps), 1)
-        epoch, done = divmod(self.global_step, updates_per_epoch)
-        return epoch, done * self.config.gradient_accumulation_steps
+            state = {k: v.detach().contiguous().cpu() for k, v in transformer.state_dict().items()}
+            save_file(state, str(folder / WEIGHTS_NAME.format(step=step)))
 
-    # ---- validation ---------------------------------------------------------------------------------
-    def validate(self) -> Path | None:
-        if not self.accelerator.is_main_process:
+    def validate(self, folder: Path, step: int) -> dict | None:
+        if not self.config.validation_image:
             return None
         source = self.config.data[0]
-        path = self.config.output_dir / "validation" / f"step-{self.global_step}.mp4"
-        self.transformer.eval()
-        try:
-            self.pipeline(
-                self.config.validation_image,
-                self.config.validation_audio,
-                prompt="The protagonist is talking",
-                height=source.height,
-                width=source.width,
-                clip_length=self.config.num_frames,
-                num_inference_steps=self.config.validation_inference_steps,
-                seed=self.config.seed,
-                output_path=path,
-                progress=False,
-            )
-        finally:
-            self.transformer.train()
-        return path
+        path = folder / f"step-{step}.mp4"
+        self.pipeline(
+            self.config.validation_image,
+            self.config.validation_audio,
+            prompt="The protagonist is talking",
+            height=source.height,
+            width=source.width,
+            clip_length=self.config.num_frames,
+            num_inference_steps=self.config.validation_inference_steps,
+            seed=self.config.seed,
+            output_path=path,
+            progress=False,
+        )
+        return None
+
+
+def loop_config(config: TrainConfig) -> LoopConfig:
+    """The loop's part of a training config."""
+    return LoopConfig(
+        output_dir=config.output_dir,
+        max_train_steps=config.max_train_steps,
+        num_train_epochs=config.num_train_epochs,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=config.mixed_precision,
+        max_grad_norm=config.max_grad_norm,
+        checkpointing_steps=config.checkpointing_steps,
+        checkpoints_total_limit=config.checkpoints_total_limit,
+        resume_from_checkpoint=config.resume_from_checkpoint,
+        validation_steps=config.validation_steps if config.validation_image else 0,
+        seed=config.seed,
+        use_ema=config.use_ema,
+        ema_decay=config.ema_decay,
+        report_to=config.report_to,
+        tracker_config={"lr": config.learning_rate, "seed": config.seed},
+    )
+
+
+class Trainer(TrainingLoop):
+    """StableAvatar training in one object: `Trainer(config, pipeline).train()` -> [(step, loss)].
+
+    The loop (`self`) drives a `FlowMatchingTask` (`self.task`); `pipeline`, `transformer`, `trainable` and
+    `schedule_sigmas` are the task's."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        pipeline: StableAvatarPipeline | None = None,
+        schedule_sigmas: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__(FlowMatchingTask(config, pipeline, schedule_sigmas), loop_config(config))
+
+    @property
+    def pipeline(self) -> StableAvatarPipeline:
+        return self.task.pipeline
+
+    @property
+    def transformer(self) -> torch.nn.Module:
+        return self.task.transformer
+
+    @property
+    def trainable(self) -> list[torch.nn.Parameter]:
+        return self.task.trainable
+
+    @property
+    def schedule_sigmas(self) -> torch.Tensor:
+        return self.task.schedule_sigmas
+
+
+def _load_pipeline(folder: Path | None) -> StableAvatarPipeline:
+    if folder is None or not (folder / "model_index.json").is_file():
+        raise UserFacingError(f"{folder} is not a converted model folder; run python -m wan.convert first")
+    return StableAvatarPipeline.from_pretrained(folder)
 
 
 def _build_optimizer(config: TrainConfig, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -458,11 +345,3 @@ def _build_optimizer(config: TrainConfig, parameters: list[torch.nn.Parameter]) 
     raise UserFacingError(
         f"unknown optimizer {config.optimizer!r}; use adamw, adamw8bit or cpu_offload_adamw"
     )
-
-
-def _tensorboard_available() -> bool:
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        return False
-    return True

@@ -17,12 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from diffusers import AutoencoderKLWan
 from PIL import Image
 from tqdm.auto import tqdm
@@ -30,6 +32,7 @@ from tqdm.auto import tqdm
 from ..cli import run_cli
 from ..errors import UserFacingError
 from .dataset import _sorted_frames, read_path_list
+from .loop import LoopConfig, OptimizerSpec, StepContext, TrainingLoop, TrainingTask
 from .synthetic import mouth_opening
 
 # The demo VAE: 2.05 M parameters (the released one has 127 M); channels 16, 32, 32, 64 from full
@@ -161,7 +164,7 @@ def vae_loss(
     posterior = vae.encode(video).latent_dist
     z = posterior.mean
     if config.sample_posterior:
-        z = z + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        z = z + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(z.device)
     reconstruction = decode_unclamped(vae, z)
     error = (reconstruction - video).abs()
     kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
@@ -222,91 +225,144 @@ def mouth_reconstruction_correlation(
     return correlations
 
 
+class _ExactSchedule(torch.optim.lr_scheduler.LRScheduler):
+    """Learning rate `function(step)` exactly (LambdaLR would multiply a ratio back by the base rate)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, function) -> None:
+        self.function = function
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:
+        return [self.function(self.last_epoch) for _ in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict:
+        return {k: v for k, v in super().state_dict().items() if k != "function"}
+
+
+class _RunState:
+    """What a VAE run carries between steps beyond the model and optimizer (saved with each checkpoint)."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.history: list[dict] = []
+        self.seconds = 0.0
+        self.started = time.monotonic()
+
+    def elapsed(self) -> float:
+        return self.seconds + time.monotonic() - self.started
+
+    def state_dict(self) -> dict:
+        return {
+            "numpy_rng": json.dumps(self.rng.bit_generator.state),
+            "torch_rng": self.generator.get_state(),
+            "seconds": self.elapsed(),
+            "history": json.dumps(self.history),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = json.loads(state["numpy_rng"])
+        self.generator.set_state(state["torch_rng"])
+        self.history, self.seconds = json.loads(state["history"]), state["seconds"]
+        self.started = time.monotonic()
+
+
+class VaeTask(TrainingTask):
+    """The autoencoder objective of `vae_loss` as a task of the generic training loop: it draws its own
+    batches (`samples`, round robin) from `ClipFrames` with a generator that is saved with each checkpoint."""
+
+    def __init__(self, config: VaeTrainConfig, frames: ClipFrames | None = None) -> None:
+        if any((count - 1) % 4 for _, count in config.samples):
+            raise UserFacingError(f"frames per sample must be 1 + 4k, got {config.samples}")
+        if config.decoder_only and config.init_from is None:
+            raise UserFacingError("decoder_only training continues a saved VAE: set init_from")
+        self.config = config
+        self.frames = frames
+        self.state = _RunState(config.seed)
+
+    def setup(self, accelerator: Accelerator) -> None:
+        config = self.config
+        self.device = accelerator.device
+        torch.manual_seed(config.seed)
+        self.frames = self.frames or ClipFrames(config.list_file, config.size, config.max_clips)
+        if config.init_from is not None:
+            vae = AutoencoderKLWan.from_pretrained(config.init_from).train().requires_grad_(True)
+            if config.decoder_only:
+                vae.encoder.requires_grad_(False)
+                vae.quant_conv.requires_grad_(False)
+        else:
+            vae = AutoencoderKLWan(**config.vae_config).train()
+            # Start nearly deterministic (posterior std e^-5): unit noise would drown the signal.
+            with torch.no_grad():
+                vae.quant_conv.weight[vae.config.z_dim :] = 0.0
+                vae.quant_conv.bias[vae.config.z_dim :] = -10.0
+        self.vae = vae.to(self.device)
+        self.modules = {"vae": self.vae}
+        trainable = [parameter for parameter in vae.parameters() if parameter.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=1e-4)
+        schedule = _ExactSchedule(optimizer, lambda step: _learning_rate(config, step))
+        self.specs = [OptimizerSpec("vae", optimizer, schedule, config.max_grad_norm)]
+
+    def optimizers(self) -> list[OptimizerSpec]:
+        return self.specs
+
+    def checkpoint_objects(self) -> list:
+        return [self.state]
+
+    def prepare_batch(self, batch, context: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
+        batch_size, num_frames = self.config.samples[context.step % len(self.config.samples)]
+        video, lips = self.frames.sample(self.state.rng, batch_size, num_frames, self.config.foreign_first)
+        return video.to(self.device), lips.to(self.device)
+
+    def losses(self, batch, context: StepContext):
+        video, lips = batch
+        loss, parts = vae_loss(self.modules["vae"], video, lips, self.config, self.state.generator)
+        step = context.step
+        if step % self.config.log_every == 0 or step == self.config.max_train_steps - 1:
+            self.state.history.append({"step": step + 1, "loss": loss.item(), **parts})
+        return [("vae", loss)]
+
+    def save_weights(self, folder: Path, step: int) -> None:
+        pass  # the accelerate state holds the model; the finished VAE is saved by `train_vae`
+
+
 def train_vae(
     config: VaeTrainConfig, frames: ClipFrames | None = None
 ) -> tuple[AutoencoderKLWan, list[dict]]:
-    """Train from a seeded random initialisation; saves the VAE (with latent statistics) to `output_dir`."""
-    if any((frames - 1) % 4 for _, frames in config.samples):
-        raise UserFacingError(f"frames per sample must be 1 + 4k, got {config.samples}")
-    torch.manual_seed(config.seed)
-    frames = frames or ClipFrames(config.list_file, config.size, config.max_clips)
-    if config.decoder_only and config.init_from is None:
-        raise UserFacingError("decoder_only training continues a saved VAE: set init_from")
-    if config.init_from is not None:
-        vae = AutoencoderKLWan.from_pretrained(config.init_from).train().requires_grad_(True)
-        if config.decoder_only:
-            vae.encoder.requires_grad_(False)
-            vae.quant_conv.requires_grad_(False)
-    else:
-        vae = AutoencoderKLWan(**config.vae_config).train()
-        with (
-            torch.no_grad()
-        ):  # start nearly deterministic (posterior std e^-5): unit noise would drown the signal
-            vae.quant_conv.weight[vae.config.z_dim :] = 0.0
-            vae.quant_conv.bias[vae.config.z_dim :] = -10.0
-    trainable = [parameter for parameter in vae.parameters() if parameter.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=1e-4)
-    rng = np.random.default_rng(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    history: list[dict] = []
-    first_step, seconds = 0, 0.0
-    checkpoint = config.output_dir / "checkpoint.pt"
-    if checkpoint.is_file():  # continue an interrupted run exactly where it stopped
-        state = torch.load(checkpoint, weights_only=True)
-        vae.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        rng.bit_generator.state = json.loads(state["numpy_rng"])
-        generator.set_state(state["torch_rng"])
-        first_step, seconds, history = state["step"], state["seconds"], json.loads(state["history"])
-    started = time.monotonic() - seconds
-    bar = tqdm(
-        range(first_step, config.max_train_steps),
-        desc="training VAE",
-        unit="step",
-        initial=first_step,
-        total=config.max_train_steps,
+    """Train from a seeded random initialisation (or `init_from`) on the generic loop; an interrupted run
+    continues from its last checkpoint. Saves the VAE (with latent statistics) to `output_dir`."""
+    task = VaeTask(config, frames)
+    loop = TrainingLoop(
+        task,
+        LoopConfig(
+            output_dir=config.output_dir,
+            max_train_steps=config.max_train_steps,
+            max_grad_norm=config.max_grad_norm,
+            checkpointing_steps=config.checkpoint_every,
+            checkpoints_total_limit=1,
+            resume_from_checkpoint="latest",
+            seed=config.seed,
+            project_name="vae",
+        ),
     )
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(config, step)
-        video, lips = frames.sample(rng, *config.samples[step % len(config.samples)], config.foreign_first)
-        loss, parts = vae_loss(vae, video, lips, config, generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-        optimizer.step()
-        if step % config.log_every == 0 or step == config.max_train_steps - 1:
-            history.append({"step": step + 1, "loss": loss.item(), **parts})
-            bar.set_postfix(psnr=f"{parts['psnr']:.1f}", lip=f"{parts['lip_l1']:.3f}")
-        if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.max_train_steps:
-            config.output_dir.mkdir(parents=True, exist_ok=True)
-            state = {
-                "model": vae.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "step": step + 1,
-                "numpy_rng": json.dumps(rng.bit_generator.state),
-                "torch_rng": generator.get_state(),
-                "seconds": time.monotonic() - started,
-                "history": json.dumps(history),
-            }
-            torch.save(state, checkpoint.with_suffix(".partial"))
-            checkpoint.with_suffix(".partial").replace(checkpoint)
+    loop.train()
+    vae = loop.accelerator.unwrap_model(task.modules["vae"]).cpu()
     vae.eval().requires_grad_(False)
     if not config.decoder_only:
         mean, std = latent_statistics(
-            vae, frames, np.random.default_rng(config.seed + 1), config.statistics_samples, 9
+            vae, task.frames, np.random.default_rng(config.seed + 1), config.statistics_samples, 9
         )
         vae.register_to_config(latents_mean=mean, latents_std=std)
-    config.output_dir.mkdir(parents=True, exist_ok=True)
     vae.save_pretrained(config.output_dir)
-    checkpoint.unlink(missing_ok=True)
+    for checkpoint in loop.checkpoints():
+        shutil.rmtree(checkpoint)
     summary = {
-        "seconds": time.monotonic() - started,
+        "seconds": task.state.elapsed(),
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
-        "history": history,
+        "history": task.state.history,
     }
     (config.output_dir / "training_log.json").write_text(json.dumps(summary, indent=1))
-    return vae, history
+    return vae, task.state.history
 
 
 def main(argv: list[str] | None = None) -> int:
