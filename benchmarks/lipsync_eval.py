@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from wan.evaluation.timeseries import linear_drop, per_second
 from wan.training.synthetic import mouth_opening
 
 HELD_OUT_SEED = 777_000_001  # reference face and its speech
@@ -143,20 +144,6 @@ def identity_similarity(
     return 1.0 - difference[:, keep].mean(axis=(1, 2))
 
 
-def per_second(values: np.ndarray, fps: int = FPS) -> np.ndarray:
-    """Means over each whole second."""
-    seconds = len(values) // fps
-    return np.asarray(values[: seconds * fps]).reshape(seconds, fps).mean(axis=1)
-
-
-def linear_drop(values: np.ndarray, span: float | None = None) -> float:
-    """How much a least-squares line through `values` (one per unit of time) falls over `span` units
-    (default: their length); negative when it rises."""
-    x = np.arange(len(values), dtype=np.float64)
-    slope = np.polyfit(x, np.asarray(values, np.float64), 1)[0]
-    return float(-slope * (len(values) if span is None else span))
-
-
 def seam_frames(num_frames: int, clip_length: int, overlap: int) -> list[int]:
     """Video frames t where the sampler's blending regime changes between frame t - 1 and t.
 
@@ -223,9 +210,8 @@ def generate(
         prompt="The protagonist is talking",
         output_path=folder / "video.mp4",
         frames_dir=folder / "frames",
-        seed=0,
         progress=False,
-        **settings,
+        **{"seed": 0, **settings},
     )
     return read_frames(folder / "frames"), time.monotonic() - started
 
@@ -237,6 +223,7 @@ def evaluate(
     seconds: float = LIPSYNC_SECONDS,
     identity_seconds: float = 60.0,
     face_scale: float | None = None,
+    field_evaluator=None,
 ) -> dict:
     """Load the pipeline of `model_dir` (float32) and `evaluate_pipeline` it."""
     import torch
@@ -244,7 +231,15 @@ def evaluate(
     from wan.pipeline import StableAvatarPipeline
 
     pipe = StableAvatarPipeline.from_pretrained(model_dir, dtype=torch.float32)
-    return evaluate_pipeline(pipe, output, settings, seconds, identity_seconds, face_scale=face_scale)
+    return evaluate_pipeline(
+        pipe,
+        output,
+        settings,
+        seconds,
+        identity_seconds,
+        face_scale=face_scale,
+        field_evaluator=field_evaluator,
+    )
 
 
 def evaluate_pipeline(
@@ -255,10 +250,12 @@ def evaluate_pipeline(
     identity_seconds: float = 60.0,
     plot_path: Path | None = None,
     face_scale: float | None = None,
+    field_evaluator=None,
 ) -> dict:
     """Every measure for `pipe` generating with `settings` (StableAvatarPipeline keyword arguments); writes
     `metrics.json`, the videos and the plot (`plot_path`, default `output/lipsync.png`) to `output`.
-    The held-out face is drawn at `face_scale` (default: the demo model's training faces')."""
+    The held-out face is drawn at `face_scale` (default: the demo model's training faces').
+    `field_evaluator` (a `wan.evaluation.Evaluator`) adds the field's measures (`field_metrics`)."""
     from wan.media import load_audio
     from wan.training.demo import DEMO_FACE_SCALE
     from wan.training.synthetic import FaceStyle, loudness_per_frame, speech_audio, write_clip
@@ -338,6 +335,8 @@ def evaluate_pipeline(
     metrics.update(
         seam_statistics(changes, seam_frames(len(long_frames), settings["clip_length"], settings["overlap"]))
     )
+    if field_evaluator is not None:
+        metrics["field_metrics"] = field_measures(field_evaluator, output, reference_path, wrong_audio)
     metrics["passed"] = {
         "lipsync_right": metrics["lipsync_right"] >= TARGETS["lipsync_right"],
         "lipsync_wrong": max(abs(metrics["lipsync_wrong"]), abs(metrics["lipsync_wrong_driven"]))
@@ -355,6 +354,27 @@ def evaluate_pipeline(
     )
     (output / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
+
+
+def field_measures(evaluator, output: Path, reference_path: Path, wrong_audio: np.ndarray) -> dict:
+    """The field's measures on the generated videos: Sync-C / Sync-D / offset of the right-audio video
+    with its audio and (control) with the other speech; face-embedding identity over the one-minute video."""
+    import soundfile
+
+    wrong_wav = output / "wrong_audio" / "audio.wav"
+    soundfile.write(wrong_wav, wrong_audio, 16000)
+    right_video = output / "right_audio" / "video.mp4"
+    embedder, evaluator.embedder = evaluator.embedder, None
+    right, _ = evaluator.video(right_video, None, None)
+    control, _ = evaluator.video(right_video, wrong_wav, None)
+    evaluator.embedder, syncnet, evaluator.syncnet = embedder, evaluator.syncnet, None
+    identity, _ = evaluator.video(output / "one_minute" / "video.mp4", None, reference_path)
+    evaluator.syncnet = syncnet
+    return {
+        "right_audio": right.get("sync"),
+        "wrong_audio": control.get("sync"),
+        "identity": identity.get("identity"),
+    }
 
 
 def _standardise(values: np.ndarray) -> np.ndarray:
@@ -422,6 +442,15 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="size of the held-out face (default: that of the demo model's training faces)",
     )
+    parser.add_argument("--seed", type=int, default=0, help="noise seed of every generated video")
+    parser.add_argument(
+        "--field_metrics",
+        action="store_true",
+        help="also measure Sync-C / Sync-D (with --syncnet) and face-embedding identity (DINOv2, random "
+        "weights unless --dinov2) with wan.evaluation",
+    )
+    parser.add_argument("--syncnet", type=Path, help="SyncNet weights (syncnet_v2.model) for --field_metrics")
+    parser.add_argument("--dinov2", type=Path, help="local DINOv2 folder for --field_metrics")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     import torch
@@ -433,9 +462,25 @@ def main(argv: list[str] | None = None) -> int:
         "audio_guidance_scale": args.audio_guidance,
         "text_guidance_scale": args.text_guidance,
         "overlap": args.overlap,
+        "seed": args.seed,
     }
+    field_evaluator = None
+    if args.field_metrics:
+        from wan.evaluation import Dinov2Embedder, Evaluator, load_syncnet
+
+        field_evaluator = Evaluator(
+            syncnet=load_syncnet(args.syncnet) if args.syncnet else None,
+            syncnet_name=args.syncnet.name if args.syncnet else "",
+            embedder=Dinov2Embedder(args.dinov2),
+        )
     metrics = evaluate(
-        args.model_dir, args.output, settings, args.seconds, args.identity_seconds, args.face_scale
+        args.model_dir,
+        args.output,
+        settings,
+        args.seconds,
+        args.identity_seconds,
+        args.face_scale,
+        field_evaluator,
     )
     rows = [
         ("lip sync, right audio (>= 0.6)", f"{metrics['lipsync_right']:.3f}"),
@@ -474,6 +519,23 @@ def main(argv: list[str] | None = None) -> int:
             f"{metrics['seconds_for_lipsync_video']:.1f} / {metrics['seconds_for_identity_video']:.1f}",
         ),
     ]
+    field = metrics.get("field_metrics") or {}
+    for label, sync in (("right audio", field.get("right_audio")), ("wrong audio", field.get("wrong_audio"))):
+        if sync:
+            rows.append(
+                (
+                    f"Sync-C / Sync-D / offset, {label} ({sync['syncnet']})",
+                    f"{sync['sync_c']:.2f} / {sync['sync_d']:.2f} / {sync['av_offset']}",
+                )
+            )
+    if field.get("identity"):
+        identity = field["identity"]
+        rows.append(
+            (
+                f"face-embedding identity, mean / drop per 60 s ({identity['embedder']})",
+                f"{identity['mean']:.4f} / {identity['drop_per_minute']:+.4f}",
+            )
+        )
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name.ljust(width)}  {value}")
