@@ -52,9 +52,9 @@ def forward_flops(
     counter = FlopCounterMode(display=False)
     with torch.no_grad():
         if cache is not None:
-            model(**inputs, audio_guidance_triple=batch == 3, context_cache=cache)
+            model(**inputs, audio_sources=(None, 2, 2) if batch == 3 else None, context_cache=cache)
         with counter:
-            model(**inputs, audio_guidance_triple=batch == 3, context_cache=cache)
+            model(**inputs, audio_sources=(None, 2, 2) if batch == 3 else None, context_cache=cache)
     return counter.get_total_flops()
 
 

@@ -11,7 +11,8 @@ from tests.reference import formula_state_dict, load_json, load_tensors, relativ
 from wan.loading.audio_encoder import encode_audio
 from wan.loading.transformer import convert_reference_state_dict, load_converted_state_dict
 from wan.models import StableAvatarTransformer3DModel, config_from_reference
-from wan.pipeline.sampler import GuidanceScales, SamplingConditions, SlidingWindowSampler
+from wan.pipeline.guidance import PublishedGuidance
+from wan.pipeline.sampler import SamplingConditions, SlidingWindowSampler
 from wan.pipeline.windows import Window, window_audio_span
 
 TOLERANCE = 1e-4
@@ -83,7 +84,9 @@ def test_sampler_matches_reference(case: dict, tiny_transformer, tiny_wav2vec2) 
         window_length=window_length,
         overlap=case["overlap_window_length"],
         weighting=case["overlapping_weight_scheme"],
-        guidance=GuidanceScales(text=case["text_guide_scale"], audio=case["audio_guide_scale"]),
+        guidance=PublishedGuidance(
+            text_scale=case["text_guide_scale"], audio_scale=case["audio_guide_scale"]
+        ),
     )
     conditions = SamplingConditions(
         prompt_embeds=tensors["prompt_embeds"][None],

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from wan.errors import UserFacingError
-from wan.pipeline.sampler import GuidanceScales, SamplingConditions, SlidingWindowSampler
+from wan.pipeline.guidance import PublishedGuidance
+from wan.pipeline.sampler import SamplingConditions, SlidingWindowSampler
 from wan.pipeline.solvers import build_scheduler, enable_step_cache
 from wan.pipeline.tiny import build_tiny_pipeline
 from wan.pipeline.windows import Window
@@ -63,7 +64,7 @@ def test_guidance_interval_runs_one_forward_outside_it(transformer) -> None:
             build_scheduler("euler"),
             window_length=6,
             overlap=2,
-            guidance=GuidanceScales(interval=(0.0, 0.5)),
+            guidance=PublishedGuidance(interval=(0.0, 0.5)),
         )
         sampler(
             torch.randn(1, 16, 6, H, W), _conditions(), _audio_for(0), num_inference_steps=4, progress=False
@@ -106,7 +107,9 @@ def test_text_and_image_keys_values_are_computed_once_per_batch_layout(transform
     for the guidance batch and once for the single batch over a whole 3-window, 4-step video."""
     noise = torch.randn(1, 16, 14, H, W, generator=torch.Generator().manual_seed(5))
     args = (noise, _conditions(), _audio_for(0))
-    guidance = GuidanceScales(interval=(0.0, 0.5))  # steps 0-1 guided (batch 3), steps 2-3 single (batch 1)
+    guidance = PublishedGuidance(
+        interval=(0.0, 0.5)
+    )  # steps 0-1 guided (batch 3), steps 2-3 single (batch 1)
     results, projection_batches = {}, {}
     for cached in (False, True):
         calls: list[int] = []

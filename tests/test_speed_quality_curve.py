@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from benchmarks.speed_quality_curve import WorkCounter
-from wan.pipeline.sampler import GuidanceScales, SamplingConditions, SlidingWindowSampler
+from wan.pipeline.guidance import PublishedGuidance
+from wan.pipeline.sampler import SamplingConditions, SlidingWindowSampler
 from wan.pipeline.solvers import build_scheduler, enable_step_cache
 from wan.pipeline.tiny import build_tiny_pipeline
 
@@ -24,7 +25,7 @@ def _sample(transformer, interval=(0.0, 1.0)) -> None:
         build_scheduler("euler"),
         window_length=6,
         overlap=2,
-        guidance=GuidanceScales(interval=interval),
+        guidance=PublishedGuidance(interval=interval),
     )
     sampler(
         torch.randn(1, 16, 6, 4, 4, generator=g),

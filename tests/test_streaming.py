@@ -9,8 +9,9 @@ import torch
 from wan.errors import UserFacingError
 from wan.loading.audio_encoder import encode_audio
 from wan.pipeline.decoding import stream_decode
+from wan.pipeline.guidance import PublishedGuidance
 from wan.pipeline.pipeline import StableAvatarPipeline
-from wan.pipeline.sampler import GuidanceScales, SamplingConditions, SlidingWindowSampler
+from wan.pipeline.sampler import SamplingConditions, SlidingWindowSampler
 from wan.pipeline.streaming import AudioStream, FrameNoise, streaming_windows
 from wan.pipeline.tiny import build_tiny_pipeline
 from wan.pipeline.windows import Window, latent_frames_for_video, plan_windows
@@ -79,7 +80,9 @@ def test_windows_outer_with_zero_overlap_equals_each_window_sampled_alone(pipe) 
     conditions.image_embeds = torch.randn(1, 257, pipe.transformer.config.image_dim)
     noise = torch.randn(1, 16, window_length * windows, 4, 4, generator=torch.Generator().manual_seed(1))
     audio = {k: torch.randn(1, 4 * window_length * 2, 768) for k in range(windows)}
-    options = dict(window_length=window_length, overlap=0, guidance=GuidanceScales(text=2.0, audio=3.0))
+    options = dict(
+        window_length=window_length, overlap=0, guidance=PublishedGuidance(text_scale=2.0, audio_scale=3.0)
+    )
 
     together = WindowsOuterSampler(pipe.transformer, pipe.scheduler, **options)(
         noise, conditions, lambda w: audio[w.start // window_length], 3, progress=False

@@ -70,32 +70,47 @@ def test_base_checkpoint_without_audio_loads_when_allowed() -> None:
     load_converted_state_dict(model, base, allow_missing_audio=True)
 
 
-def test_batch_of_two_is_two_independent_samples() -> None:
+@pytest.mark.parametrize("batch", [2, 3])
+def test_a_batch_is_independent_samples_by_default(batch: int) -> None:
+    """No guidance layout unless asked: a batch of 3 is three clips, not [no audio, audio, audio]."""
     model = _tiny_model()
-    inputs = _inputs(2)
+    inputs = _inputs(batch)
     with torch.no_grad():
-        both = model(**inputs).sample
-        singles = [model(**{k: v[i : i + 1] for k, v in inputs.items()}).sample for i in range(2)]
-    assert relative_error(both, torch.cat(singles)) < 1e-5
+        together = model(**inputs).sample
+        singles = [model(**{k: v[i : i + 1] for k, v in inputs.items()}).sample for i in range(batch)]
+    assert relative_error(together, torch.cat(singles)) < 1e-5
 
 
-def test_batch_of_three_is_the_guidance_triple() -> None:
-    """[no audio, audio, audio]: the first sample's audio context is zero, the others use the last's audio."""
+def test_audio_sources_give_the_published_guidance_layout() -> None:
+    """`audio_sources=(None, 2, 2)`: the first sample gets no audio, the others the last sample's refined audio,
+    and the adapter runs on the last sample only."""
     model = _tiny_model()
     inputs = _inputs(3)
     inputs["timestep"] = inputs["timestep"][:1].expand(3).clone()
     inputs["hidden_states"] = inputs["hidden_states"][:1].expand(3, -1, -1, -1, -1).clone()
+    adapter_batches = []
+    hook = model.audio_adapter.register_forward_hook(
+        lambda m, args, out: adapter_batches.append(out.shape[0])
+    )
     with torch.no_grad():
-        triple = model(**inputs).sample
-        independent = model(**inputs, audio_guidance_triple=False).sample
+        layout = model(**inputs, audio_sources=(None, 2, 2)).sample
+        hook.remove()
+        independent = model(**inputs).sample
         other_audio = inputs["audio_embeds"].clone()
         other_audio[:2] = torch.randn_like(other_audio[:2])
-        changed_first = model(**dict(inputs, audio_embeds=other_audio)).sample
-    # Sample 2 is computed identically either way; sample 1 uses sample 2's audio in the triple.
-    assert relative_error(triple[2], independent[2]) < 1e-5
-    assert relative_error(triple[1], independent[1]) > 1e-3
-    # The triple ignores the first and second samples' own audio.
-    assert relative_error(changed_first, triple) < 1e-6
+        changed_first = model(**dict(inputs, audio_embeds=other_audio), audio_sources=(None, 2, 2)).sample
+        silent = model(**{k: v[:1] for k, v in inputs.items()}, audio_sources=(None,)).sample
+    assert adapter_batches == [1]
+    assert relative_error(layout[2], independent[2]) < 1e-5
+    assert relative_error(layout[1], independent[1]) > 1e-3
+    assert relative_error(changed_first, layout) < 1e-6  # samples 0 and 1 ignore their own audio
+    assert relative_error(layout[:1], silent) < 1e-5
+
+
+def test_bad_audio_sources_are_a_clear_error() -> None:
+    model = _tiny_model()
+    with torch.no_grad(), pytest.raises(ValueError, match="audio_sources"):
+        model(**_inputs(2), audio_sources=(None, 2))
 
 
 def test_gradient_checkpointing_gives_the_same_gradients() -> None:

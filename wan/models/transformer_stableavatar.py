@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -226,40 +227,53 @@ class StableAvatarTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, 
         temb = embedder.time_embedder(projected).to(dtype)
         return temb, embedder.time_proj(embedder.act_fn(temb))
 
-    def encode_audio(
+    def compute_audio_context(
         self,
         audio_embeds: torch.Tensor,
         video_tokens: torch.Tensor,
         temb: torch.Tensor,
         timestep_proj: torch.Tensor,
         num_video_frames: int,
-        guidance_triple: bool,
+        audio_sources: Sequence[int | None] | None = None,
         clip_level_audio: bool = False,
     ) -> torch.Tensor:
-        """Audio context for the DiT blocks.
+        """The audio adapter's refined audio context for the DiT blocks.
 
         Args:
             audio_embeds: `[B, Na, audio_dim]` wav2vec2 features of the clip.
             video_tokens: `[B, S, dim]` patch-embedded input.
             temb: `[B, dim]`; timestep_proj: `[B, 6, dim]`.
             num_video_frames: pixel frames the audio covers (drives the alignment).
-            guidance_triple: treat the batch of three as [no audio, audio, audio] (the published sampler's
-                guidance batch): the adapter runs once on the last sample and the first gets zeros.
+            audio_sources: see `forward`; None: every sample uses its own audio.
             clip_level_audio: flatten the frames so every video token sees all audio tokens (a training option).
         Returns:
             `[B, F, n, dim]`, or `[B, F * n, dim]` with `clip_level_audio`.
         """
-        if guidance_triple:
+        batch = audio_embeds.shape[0]
+        sources = list(range(batch)) if audio_sources is None else list(audio_sources)
+        if len(sources) != batch or any(s is not None and not 0 <= s < batch for s in sources):
+            raise ValueError(
+                f"audio_sources needs one entry per sample (a sample index in [0, {batch}) or None), "
+                f"got {audio_sources!r} for a batch of {batch}"
+            )
+        # The adapter runs once per distinct source sample; the others copy its output or get zeros.
+        unique = sorted({s for s in sources if s is not None})
+        if unique != list(range(batch)):
+            picked = unique or [0]
             audio_embeds, video_tokens, temb, timestep_proj = (
-                t[-1:] for t in (audio_embeds, video_tokens, temb, timestep_proj)
+                t[picked] for t in (audio_embeds, video_tokens, temb, timestep_proj)
             )
         tokens = self.audio_adapter.project(audio_embeds)
         frame_tokens = split_audio_tokens_per_frame(
             tokens, num_video_frames, self.config.audio_window_padding
         )
-        context = self.audio_adapter(frame_tokens, video_tokens, temb, timestep_proj)
-        if guidance_triple:
-            context = torch.cat([torch.zeros_like(context), context, context])
+        if not unique:
+            context = torch.zeros_like(frame_tokens).expand(batch, -1, -1, -1)
+        else:
+            context = self.audio_adapter(frame_tokens, video_tokens, temb, timestep_proj)
+            if unique != sources:
+                zeros = torch.zeros_like(context[:1])
+                context = torch.cat([zeros if s is None else context[unique.index(s)][None] for s in sources])
         return context.flatten(1, 2) if clip_level_audio else context
 
     def forward(
@@ -270,7 +284,7 @@ class StableAvatarTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, 
         encoder_hidden_states_image: torch.Tensor | None,
         audio_embeds: torch.Tensor,
         num_video_frames: int | None = None,
-        audio_guidance_triple: bool | None = None,
+        audio_sources: Sequence[int | None] | None = None,
         clip_level_audio: bool = False,
         audio_context: torch.Tensor | None = None,
         context_cache: CrossAttentionCache | None = None,
@@ -286,10 +300,13 @@ class StableAvatarTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, 
             encoder_hidden_states_image: `[B, 257, image_dim]` CLIP tokens.
             audio_embeds: `[B, Na, audio_dim]` wav2vec2 features of the clip's audio.
             num_video_frames: pixel frames the audio covers; default `4 (F - 1) + 1`.
-            audio_guidance_triple: None -> a batch of exactly three is the guidance triple
-                [no audio, audio, audio] (what the published model does); False -> independent samples.
+            audio_sources: for each sample, the index of the sample whose refined audio it receives, or None
+                for no audio (a zero audio context). The adapter runs once per distinct source. Default: every
+                sample its own audio (independent clips). Guidance batches set it: the published sampler's
+                [no audio, audio, audio] is `(None, 2, 2)` (see `wan.pipeline.guidance`).
             clip_level_audio: every video token attends to all of the clip's audio tokens.
-            audio_context: a precomputed audio context (from `encode_audio`) to use instead of `audio_embeds`.
+            audio_context: a precomputed audio context (from `compute_audio_context`) to use instead of
+                `audio_embeds`.
             context_cache: text/image keys and values kept across calls with the same text and image
                 (filled by the first call; see `CrossAttentionCache`). Inference only.
         Returns:
@@ -300,8 +317,6 @@ class StableAvatarTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, 
         grid = (frames // p_t, height // p_h, width // p_w)
         if num_video_frames is None:
             num_video_frames = 4 * (frames - 1) + 1
-        if audio_guidance_triple is None:
-            audio_guidance_triple = batch == 3
 
         rotary_emb = self.rope(hidden_states)
         hidden_states = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()
@@ -324,13 +339,13 @@ class StableAvatarTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, 
         timestep_proj = timestep_proj.unflatten(1, (6, -1))
 
         if audio_context is None:
-            audio_context = self.encode_audio(
+            audio_context = self.compute_audio_context(
                 audio_embeds,
                 hidden_states,
                 temb,
                 timestep_proj,
                 num_video_frames,
-                audio_guidance_triple,
+                audio_sources,
                 clip_level_audio,
             )
         if not clip_level_audio and audio_context.shape[1] != grid[0]:

@@ -31,7 +31,8 @@ from .conditioning import (
     image_to_tensor,
 )
 from .decoding import StreamingDecoder, stream_decode
-from .sampler import GuidanceScales, ProgressCallback, SamplingConditions, SlidingWindowSampler
+from .guidance import PublishedGuidance
+from .sampler import ProgressCallback, SamplingConditions, SlidingWindowSampler
 from .streaming import (
     AudioStream,
     FrameNoise,
@@ -182,9 +183,7 @@ class StableAvatarPipeline(DiffusionPipeline):
             window_length=window_length,
             overlap=overlap,
             weighting=weighting,
-            guidance=GuidanceScales(
-                text=text_guidance_scale, audio=audio_guidance_scale, interval=tuple(guidance_interval)
-            ),
+            guidance=PublishedGuidance(text_guidance_scale, audio_guidance_scale, tuple(guidance_interval)),
             device=device,
             cache_text_image=cache_text_image,
             **({"prefix": prefix} if sampling_order == "windows" else {}),
@@ -267,9 +266,7 @@ class StableAvatarPipeline(DiffusionPipeline):
             self.scheduler,
             window_length=window_length,
             overlap=overlap,
-            guidance=GuidanceScales(
-                text=text_guidance_scale, audio=audio_guidance_scale, interval=tuple(guidance_interval)
-            ),
+            guidance=PublishedGuidance(text_guidance_scale, audio_guidance_scale, tuple(guidance_interval)),
             device=device,
             cache_text_image=cache_text_image,
             prefix=prefix,

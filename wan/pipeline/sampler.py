@@ -16,6 +16,7 @@ from diffusers import SchedulerMixin
 from tqdm.auto import tqdm
 
 from ..models import CrossAttentionCache, StableAvatarTransformer3DModel
+from .guidance import Guidance, GuidanceInputs, PublishedGuidance, transformer_forward
 from .windows import Window, blend_weights, plan_windows
 
 # Called after every window step as callback(step_index, window_index, num_steps, num_windows).
@@ -38,28 +39,6 @@ class SamplingConditions:
     condition: torch.Tensor
 
 
-@dataclass
-class GuidanceScales:
-    """e = e_uncond + audio * (e_audio - e_uncond) + text * (e_full - e_audio).
-
-    `interval`: the fraction of the steps, [start, end), on which guidance runs; the other steps run one
-    forward (prompt and audio) instead of three. (0, 1) guides every step, as published.
-    """
-
-    text: float = 3.0
-    audio: float = 5.0
-    interval: tuple[float, float] = (0.0, 1.0)
-
-    @property
-    def needed(self) -> bool:
-        """With both scales 1 the formula reduces to e_full: one forward instead of three."""
-        return not (self.text == 1.0 and self.audio == 1.0)
-
-    def active(self, step_index: int, num_steps: int) -> bool:
-        start, end = self.interval
-        return self.needed and start <= step_index / num_steps < end
-
-
 class SlidingWindowSampler:
     """Denoises a video of any length with a transformer trained on fixed-length clips.
 
@@ -70,7 +49,8 @@ class SlidingWindowSampler:
         window_length: latent frames per window (21 for 81-frame clips).
         overlap: latent frames shared by consecutive windows.
         weighting: 'uniform' or 'log' blending across the overlap.
-        guidance: text and audio guidance scales.
+        guidance: the text/audio guidance rule (`wan.pipeline.guidance`); default the published one at
+            text 3, audio 5.
         device: where the transformer runs; the video's latent state stays on the CPU.
         cache_text_image: compute the text and image keys/values of every block once per video (one set for
             the guidance batch, one for the single batch) instead of at every step and window; same result.
@@ -83,7 +63,7 @@ class SlidingWindowSampler:
         window_length: int = 21,
         overlap: int = 5,
         weighting: str = "uniform",
-        guidance: GuidanceScales | None = None,
+        guidance: Guidance | None = None,
         device: torch.device | str = "cpu",
         cache_text_image: bool = True,
     ) -> None:
@@ -93,7 +73,7 @@ class SlidingWindowSampler:
         self.window_length = window_length
         self.overlap = overlap
         self.weighting = weighting
-        self.guidance = guidance or GuidanceScales()
+        self.guidance = guidance or PublishedGuidance()
         self.device = torch.device(device)
         self.cache_text_image = cache_text_image
 
@@ -125,9 +105,7 @@ class SlidingWindowSampler:
         timesteps = self.scheduler.timesteps
         window_schedulers = [copy.deepcopy(self.scheduler) for _ in windows]
         audio_cache: dict[Window, torch.Tensor] = {}
-        text, image = self._batched_text_and_image(conditions)
         context_caches = {True: CrossAttentionCache(), False: CrossAttentionCache()}
-        dtype = self.transformer.dtype
 
         bar = tqdm(total=len(timesteps) * len(windows), desc="denoising", unit="window", disable=not progress)
         for step_index, timestep in enumerate(timesteps):
@@ -137,21 +115,23 @@ class SlidingWindowSampler:
                     audio_cache[window] = window_audio(window).to("cpu", torch.float32)
                 latents = state[:, :, window.start : window.end].to(self.device)
                 guided = self.guidance.active(step_index, len(timesteps))
-                batch_text, batch_image = (text, image) if guided else (text[-1:], image[-1:])
+                inputs = GuidanceInputs(
+                    conditions.prompt_embeds,
+                    conditions.negative_prompt_embeds,
+                    conditions.image_embeds,
+                    audio_cache[window],
+                )
+                forward = transformer_forward(
+                    self.transformer,
+                    latents,
+                    conditions.condition[:, :, : window.length].to(self.device),
+                    timestep,
+                    num_video_frames=4 * (window.length - 1) + 1,
+                    context_cache=context_caches[guided] if self.cache_text_image else None,
+                )
                 # Each window keeps its own step-cache state: windows never reuse each other's results.
                 with self._cache_context(f"window-{window_index}"):
-                    prediction = self._predict(
-                        latents,
-                        timestep,
-                        conditions,
-                        batch_text,
-                        batch_image,
-                        audio_cache[window],
-                        window,
-                        dtype,
-                        guided,
-                        context_caches[guided] if self.cache_text_image else None,
-                    )
+                    prediction = self.guidance.predict(forward, inputs, guided)
                 latents = window_schedulers[window_index].step(
                     prediction, timestep, latents, return_dict=False
                 )[0]
@@ -173,51 +153,3 @@ class SlidingWindowSampler:
     def _cache_context(self, name: str):
         context = getattr(self.transformer, "cache_context", None)
         return context(name) if context is not None else contextlib.nullcontext()
-
-    def _batched_text_and_image(self, conditions: SamplingConditions) -> tuple[torch.Tensor, torch.Tensor]:
-        """Text `[3, L, text_dim]` as [negative, negative, prompt] (zero-padded) and image tokens `[3, 257, C]`,
-        or the prompt alone when guidance is off."""
-        dtype = self.transformer.dtype
-        if not self.guidance.needed:
-            return conditions.prompt_embeds.to(self.device, dtype), conditions.image_embeds.to(
-                self.device, dtype
-            )
-        negative, prompt = conditions.negative_prompt_embeds[0], conditions.prompt_embeds[0]
-        text = torch.nn.utils.rnn.pad_sequence([negative, negative, prompt], batch_first=True)
-        image = conditions.image_embeds.expand(3, -1, -1)
-        return text.to(self.device, dtype), image.to(self.device, dtype)
-
-    def _predict(
-        self,
-        latents: torch.Tensor,
-        timestep: torch.Tensor,
-        conditions: SamplingConditions,
-        text: torch.Tensor,
-        image: torch.Tensor,
-        audio: torch.Tensor,
-        window: Window,
-        dtype: torch.dtype,
-        guided: bool,
-        context_cache: CrossAttentionCache | None = None,
-    ) -> torch.Tensor:
-        """The (guided) flow prediction `[1, 16, F, h, w]` (float32) for one window."""
-        batch = 3 if guided else 1
-        condition = conditions.condition[:, :, : window.length].to(self.device)
-        model_input = torch.cat([latents, condition], dim=1).expand(batch, -1, -1, -1, -1).to(dtype)
-        audio = audio.to(self.device, dtype)
-        if batch == 3:
-            audio = torch.cat([torch.zeros_like(audio), audio, audio])
-        output = self.transformer(
-            hidden_states=model_input,
-            timestep=timestep.expand(batch).to(self.device),
-            encoder_hidden_states=text,
-            encoder_hidden_states_image=image,
-            audio_embeds=audio,
-            num_video_frames=4 * (window.length - 1) + 1,
-            audio_guidance_triple=batch == 3,
-            context_cache=context_cache,
-        ).sample.float()
-        if batch == 1:
-            return output
-        uncond, audio_only, full = output.chunk(3)
-        return uncond + self.guidance.audio * (audio_only - uncond) + self.guidance.text * (full - audio_only)

@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models import CrossAttentionCache
+from .guidance import GuidanceInputs, transformer_forward
 from .sampler import ProgressCallback, SamplingConditions, SlidingWindowSampler
 from .windows import Window
 
@@ -129,13 +130,14 @@ class WindowsOuterSampler(SlidingWindowSampler):
         scheduler = copy.deepcopy(self.scheduler)  # solver state never leaks between windows
         scheduler.set_timesteps(num_inference_steps, device=self.device)
         sigmas = scheduler.sigmas.detach().to("cpu", torch.float32)
-        text, image = self._batched_text_and_image(conditions)
-        dtype = self.transformer.dtype
         noise = noise.detach().to("cpu", torch.float32)
         overlap = 0 if known is None else known.shape[2]
         window_conditions = self._window_conditions(conditions, window, known)
         renoise = overlap > 0 and self.prefix in ("renoise", "both")
         latents = noise.clone()
+        inputs = GuidanceInputs(
+            conditions.prompt_embeds, conditions.negative_prompt_embeds, conditions.image_embeds, audio
+        )
         name = f"window-{self._windows_done}"
         self._windows_done += 1
         for step_index, timestep in enumerate(scheduler.timesteps):
@@ -143,20 +145,16 @@ class WindowsOuterSampler(SlidingWindowSampler):
                 sigma = sigmas[step_index]
                 latents[:, :, :overlap] = (1 - sigma) * known + sigma * noise[:, :, :overlap]
             guided = self.guidance.active(step_index, num_inference_steps)
-            batch_text, batch_image = (text, image) if guided else (text[-1:], image[-1:])
+            forward = transformer_forward(
+                self.transformer,
+                latents.to(self.device),
+                window_conditions.condition[:, :, : window.length].to(self.device),
+                timestep,
+                num_video_frames=4 * (window.length - 1) + 1,
+                context_cache=self._context_caches[guided] if self.cache_text_image else None,
+            )
             with self._cache_context(name):
-                prediction = self._predict(
-                    latents.to(self.device),
-                    timestep,
-                    window_conditions,
-                    batch_text,
-                    batch_image,
-                    audio.to("cpu", torch.float32),
-                    window,
-                    dtype,
-                    guided,
-                    self._context_caches[guided] if self.cache_text_image else None,
-                )
+                prediction = self.guidance.predict(forward, inputs, guided)
             latents = scheduler.step(prediction, timestep, latents.to(self.device), return_dict=False)[0]
             latents = latents.to("cpu", torch.float32)
             if callback is not None:

@@ -125,7 +125,6 @@ def flow_matching_loss(
         encoder_hidden_states_image=encoded.image.to(dtype),
         audio_embeds=audio.to(dtype),
         num_video_frames=encoded.num_video_frames,
-        audio_guidance_triple=False,
         clip_level_audio=choices.clip_level_audio,
     ).sample
     return masked_flow_loss(prediction, target, encoded.face_masks, encoded.lip_masks, choices, objective)
