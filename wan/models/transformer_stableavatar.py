@@ -9,6 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.attention import AttentionMixin, FeedForward
 from diffusers.models.cache_utils import CacheMixin
@@ -88,6 +89,14 @@ class StableAvatarTransformerBlock(nn.Module):
         norm_hidden = (self.norm3(hidden_states.float()) * (1 + c_scale) + c_shift).type_as(hidden_states)
         ff_out = self.ffn(norm_hidden)
         return (hidden_states.float() + ff_out.float() * c_gate).type_as(hidden_states)
+
+
+# Where diffusers' block caches (first-block cache, MagCache, ...) find the block's output: it returns the
+# video tokens alone (no text stream).
+TransformerBlockRegistry.register(
+    model_class=StableAvatarTransformerBlock,
+    metadata=TransformerBlockMetadata(return_hidden_states_index=0, return_encoder_hidden_states_index=None),
+)
 
 
 class StableAvatarTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, AttentionMixin):

@@ -13,10 +13,9 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 from diffusers.hooks import FirstBlockCacheConfig
-from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 
 from ..errors import UserFacingError
-from ..models import StableAvatarTransformer3DModel, StableAvatarTransformerBlock
+from ..models import StableAvatarTransformer3DModel
 
 SOLVERS = {
     "euler": "flow-matching Euler, as published (1 model call per step)",
@@ -45,10 +44,4 @@ def enable_step_cache(transformer: StableAvatarTransformer3DModel, threshold: fl
     """First-block caching: when the first block's residual changes less than `threshold` (relative mean
     absolute difference) since the last full call *of the same window*, the other blocks are skipped and
     their last residual reused."""
-    TransformerBlockRegistry.register(
-        model_class=StableAvatarTransformerBlock,
-        metadata=TransformerBlockMetadata(
-            return_hidden_states_index=0, return_encoder_hidden_states_index=None
-        ),
-    )
     transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
