@@ -154,7 +154,7 @@ def test_save_and_load_pretrained_round_trip(tmp_path) -> None:
 
 def test_from_pretrained_in_bfloat16_keeps_fp32_sensitive_modules(tmp_path) -> None:
     _tiny_model().save_pretrained(tmp_path)
-    half = StableAvatarTransformer3DModel.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    half = StableAvatarTransformer3DModel.from_pretrained(tmp_path, dtype=torch.bfloat16)
     assert half.proj_out.weight.dtype == torch.bfloat16
     assert half.scale_shift_table.dtype == torch.float32
     assert half.condition_embedder.time_embedder.linear_1.weight.dtype == torch.float32

@@ -2,7 +2,7 @@
 
     python -m wan.convert --checkpoints_dir checkpoints --output checkpoints/StableAvatar-1.3B-square
 
-The result loads with `StableAvatarPipeline.from_pretrained(folder, torch_dtype=...)` and with
+The result loads with `StableAvatarPipeline.from_pretrained(folder, dtype=...)` and with
 `inference.py --model_dir folder`, without any conversion at start-up.
 """
 

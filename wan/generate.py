@@ -308,7 +308,7 @@ def _load_base_pipeline(args: argparse.Namespace, dtype: torch.dtype) -> StableA
         raise UserFacingError(
             f"{model_dir} is not a converted model folder (no model_index.json); run python -m wan.convert"
         )
-    return StableAvatarPipeline.from_pretrained(model_dir, torch_dtype=dtype)
+    return StableAvatarPipeline.from_pretrained(model_dir, dtype=dtype)
 
 
 def model_folder(args: argparse.Namespace) -> Path | None:

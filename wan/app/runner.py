@@ -56,7 +56,7 @@ def load_model(choice: ModelChoice, dtype: torch.dtype) -> StableAvatarPipeline:
 
         logger.warning("using the tiny model with RANDOM weights: videos show noise, not a face")
         return build_tiny_pipeline()
-    return StableAvatarPipeline.from_pretrained(choice.path, torch_dtype=dtype)
+    return StableAvatarPipeline.from_pretrained(choice.path, dtype=dtype)
 
 
 def separate_vocals(audio: Path, model_path: Path, work_dir: Path) -> Path:

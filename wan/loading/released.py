@@ -75,9 +75,7 @@ class ReleasedLayout:
             )
 
 
-def load_released_pipeline(
-    layout: ReleasedLayout, torch_dtype: torch.dtype = torch.float32, progress: bool = True
-):
+def load_released_pipeline(layout: ReleasedLayout, dtype: torch.dtype = torch.float32, progress: bool = True):
     """Every component from the downloaded files, converted in memory, as a `StableAvatarPipeline`."""
     from ..pipeline.pipeline import StableAvatarPipeline  # the pipeline imports loading, not the reverse
 
@@ -92,16 +90,16 @@ def load_released_pipeline(
         steps.set_postfix_str(name)
         steps.update()
 
-    transformer = load_stableavatar_transformer(layout.base_dir, layout.transformer_path, torch_dtype)
+    transformer = load_stableavatar_transformer(layout.base_dir, layout.transformer_path, dtype)
     done("transformer")
     vae_config = wan_vae_config(configs["vae"]) if "vae" in configs else None
     vae = load_wan_vae(layout.base_dir / VAE_FILE, vae_config)  # the VAE stays float32, as published
     done("vae")
-    text_encoder = load_umt5_encoder(layout.base_dir / T5_FILE, umt5_config(configs.get("t5")), torch_dtype)
+    text_encoder = load_umt5_encoder(layout.base_dir / T5_FILE, umt5_config(configs.get("t5")), dtype)
     tokenizer = AutoTokenizer.from_pretrained(layout.base_dir / T5_TOKENIZER_DIR, local_files_only=True)
     done("text encoder")
     image_encoder = load_clip_vision_encoder(
-        layout.base_dir / CLIP_FILE, clip_vision_config(configs.get("clip")), torch_dtype
+        layout.base_dir / CLIP_FILE, clip_vision_config(configs.get("clip")), dtype
     )
     done("image encoder")
     audio_encoder, feature_extractor = load_wav2vec2(layout.wav2vec_dir)

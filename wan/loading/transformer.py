@@ -154,7 +154,7 @@ def _find_base_weights(base_model_dir: Path) -> list[Path]:
 def load_stableavatar_transformer(
     base_model_dir: str | Path,
     transformer_path: str | Path | None = None,
-    torch_dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype = torch.float32,
 ) -> StableAvatarTransformer3DModel:
     """Build the transformer from the downloaded layout.
 
@@ -162,7 +162,7 @@ def load_stableavatar_transformer(
         base_model_dir: `Wan2.1-Fun-V1.1-1.3B-InP/` (its `config.json`; its weights when no transformer_path).
         transformer_path: `StableAvatar-1.3B/transformer3d-square.pt` (or `.safetensors`): the full state
             dict, base and audio. Without it the base weights load and the audio modules stay initialised.
-        torch_dtype: dtype of the returned model's weights (diffusers' fp32-sensitive modules stay fp32).
+        dtype: dtype of the returned model's weights (diffusers' fp32-sensitive modules stay fp32).
     """
     base_model_dir = Path(base_model_dir)
     config = read_reference_config(base_model_dir)
@@ -183,7 +183,7 @@ def load_stableavatar_transformer(
             model = StableAvatarTransformer3DModel(**config)
     load_converted_state_dict(model, state_dict, allow_missing_audio=allow_missing_audio)
     model.rebuild_buffers()
-    return _cast(model, torch_dtype)
+    return _cast(model, dtype)
 
 
 def _widths_from_weights(state_dict: Mapping[str, torch.Tensor]) -> dict:

@@ -22,6 +22,7 @@ from diffusers.models.transformers.transformer_wan import (
     WanRotaryPosEmbed,
     WanTimeTextImageEmbedding,
 )
+from diffusers.utils import apply_lora_scale
 from diffusers.utils.torch_utils import maybe_allow_in_graph
 from torch import nn
 
@@ -285,6 +286,7 @@ class StableAvatarTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, 
                 context = torch.cat([zeros if s is None else context[unique.index(s)][None] for s in sources])
         return context.flatten(1, 2) if clip_level_audio else context
 
+    @apply_lora_scale("attention_kwargs")
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -295,7 +297,6 @@ class StableAvatarTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, 
         num_video_frames: int | None = None,
         audio_sources: Sequence[int | None] | None = None,
         clip_level_audio: bool = False,
-        audio_context: torch.Tensor | None = None,
         context_cache: CrossAttentionCache | None = None,
         return_dict: bool = True,
         attention_kwargs: dict[str, Any] | None = None,
@@ -314,10 +315,11 @@ class StableAvatarTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, 
                 sample its own audio (independent clips). Guidance batches set it: the published sampler's
                 [no audio, audio, audio] is `(None, 2, 2)` (see `wan.pipeline.guidance`).
             clip_level_audio: every video token attends to all of the clip's audio tokens.
-            audio_context: a precomputed audio context (from `compute_audio_context`) to use instead of
-                `audio_embeds`.
             context_cache: text/image keys and values kept across calls with the same text and image
                 (filled by the first call; see `CrossAttentionCache`). Inference only.
+            return_dict: return a `Transformer2DModelOutput` (else a tuple).
+            attention_kwargs: `{"scale": s}` scales every LoRA adapter's contribution by `s` for this call
+                (diffusers' convention; 0 gives the base model). No other keys are used.
         Returns:
             `[B, 16, F, H, W]` in `sample`.
         """
@@ -347,16 +349,15 @@ class StableAvatarTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, 
                 encoder_hidden_states = torch.cat([image_states, encoder_hidden_states], dim=1)
         timestep_proj = timestep_proj.unflatten(1, (6, -1))
 
-        if audio_context is None:
-            audio_context = self.compute_audio_context(
-                audio_embeds,
-                hidden_states,
-                temb,
-                timestep_proj,
-                num_video_frames,
-                audio_sources,
-                clip_level_audio,
-            )
+        audio_context = self.compute_audio_context(
+            audio_embeds,
+            hidden_states,
+            temb,
+            timestep_proj,
+            num_video_frames,
+            audio_sources,
+            clip_level_audio,
+        )
         if not clip_level_audio and audio_context.shape[1] != grid[0]:
             raise ValueError(
                 f"audio for {num_video_frames} video frames gives {audio_context.shape[1]} latent frames, "
