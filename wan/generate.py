@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -14,12 +15,15 @@ from .generation_settings import recommended_settings
 from .loading.lora import load_lora
 from .loading.released import ReleasedLayout, load_released_pipeline
 from .loading.transformer import load_transformer_weights
+from .media import FragmentedVideoWriter
 from .models.fsdp import shard_transformer
 from .pipeline.conditioning import DEFAULT_NEGATIVE_PROMPT
 from .pipeline.memory import MEMORY_MODES, QUANTIZATIONS, apply_memory_mode, quantize_transformer
 from .pipeline.pipeline import StableAvatarPipeline
 from .pipeline.solvers import SOLVERS, build_scheduler, enable_step_cache
+from .pipeline.streaming import file_chunks, pcm_chunks
 from .pipeline.windows import WEIGHTING_SCHEMES
+from .pipeline.windows_outer import PREFIX_MODES, SAMPLING_ORDERS
 
 DEMO_MODEL_DIR = Path("checkpoints/demo")
 FOLDER_DEFAULT = "(default: the model folder's generation_settings.json, else"
@@ -78,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--validation_driven_audio_path",
         type=Path,
         required=True,
-        help="driving audio: wav/mp3/flac/m4a or a video file's audio track; any length",
+        help="driving audio: wav/mp3/flac/m4a or a video file's audio track; any length; with --stream, '-' "
+        "reads raw 16 kHz mono 16-bit PCM from stdin",
     )
     inputs.add_argument(
         "--validation_prompts",
@@ -182,6 +187,26 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(MEMORY_MODES),
         default="model_full_load",
         help="; ".join(f"{k}: {v}" for k, v in MEMORY_MODES.items()),
+    )
+    streaming = parser.add_argument_group("streaming (video while the audio arrives)")
+    streaming.add_argument(
+        "--stream",
+        action="store_true",
+        help="write a fragmented mp4 that plays while it grows, window by window (windows-outer order); "
+        "with --validation_driven_audio_path - the audio is raw 16 kHz mono 16-bit PCM on stdin",
+    )
+    streaming.add_argument(
+        "--sampling_order",
+        choices=list(SAMPLING_ORDERS),
+        default="steps",
+        help="; ".join(f"{k}: {v}" for k, v in SAMPLING_ORDERS.items()) + " (--stream always uses windows)",
+    )
+    streaming.add_argument(
+        "--window_prefix",
+        choices=PREFIX_MODES,
+        default="renoise",
+        help="windows order: how a window continues from the previous one's last frames (re-noised known "
+        "latents, the image-to-video condition channels, or both)",
     )
     published = parser.add_argument_group("published flags kept for compatibility")
     published.add_argument("--config_path", help=f"the published model yaml; {NO_EFFECT}")
@@ -330,7 +355,15 @@ def fill_model_defaults(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     parallel_mode = sequence_parallel_mode(args)
-    for path in (args.validation_reference_path, args.validation_driven_audio_path):
+    from_stdin = str(args.validation_driven_audio_path) == "-"
+    if from_stdin and not args.stream:
+        raise UserFacingError("audio from stdin ('-') needs --stream; or pass an audio file")
+    if args.stream and (parallel_mode or args.fsdp_dit):
+        raise UserFacingError("--stream runs in one process; drop --sequence_parallel/--fsdp_dit/degrees")
+    for path in (
+        args.validation_reference_path,
+        *([] if from_stdin else [args.validation_driven_audio_path]),
+    ):
         if not path.is_file():
             raise UserFacingError(f"input file not found: {path}")
     device = resolve_device(args.device)
@@ -370,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     output_path = args.output_dir / args.output_name
+    if args.stream:
+        return stream_to_file(pipeline, args, output_path, from_stdin)
     result = pipeline(
         image=args.validation_reference_path,
         audio=args.validation_driven_audio_path,
@@ -390,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         output_type="mp4" if is_main else "latent",
         frames_dir=args.output_dir / "frames" if args.save_frames and is_main else None,
         progress=is_main,
+        sampling_order=args.sampling_order,
+        prefix=args.window_prefix,
     )
     if not is_main:
         return 0
@@ -397,5 +434,46 @@ def main(argv: list[str] | None = None) -> int:
         f"wrote {output_path}: {result.num_frames} frames ({result.num_frames / args.fps:.2f} s) at "
         f"{args.width}x{args.height}, {result.num_windows} windows x {args.sample_steps} steps, "
         f"seed {result.seed}, {time.monotonic() - started:.1f} s"
+    )
+    return 0
+
+
+def stream_to_file(
+    pipeline: StableAvatarPipeline, args: argparse.Namespace, output_path: Path, from_stdin: bool
+) -> int:
+    """`--stream`: a fragmented mp4 at `output_path`, valid and playable after every window."""
+    if args.save_frames:
+        raise UserFacingError("--save_frames is not available with --stream; drop one of them")
+    audio = pcm_chunks(sys.stdin.buffer) if from_stdin else file_chunks(args.validation_driven_audio_path)
+    started = time.monotonic()
+    frames = 0
+    with FragmentedVideoWriter(output_path, fps=args.fps, audio_sample_rate=16000) as writer:
+        for piece in pipeline.stream(
+            image=args.validation_reference_path,
+            audio=audio,
+            prompt=" ".join(args.validation_prompts),
+            negative_prompt=args.negative_prompt,
+            height=args.height,
+            width=args.width,
+            num_inference_steps=args.sample_steps,
+            text_guidance_scale=args.sample_text_guide_scale,
+            audio_guidance_scale=args.sample_audio_guide_scale,
+            guidance_interval=tuple(args.guidance_interval),
+            clip_length=args.clip_sample_n_frames,
+            overlap=args.overlap_window_length,
+            seed=args.seed,
+            fps=args.fps,
+            prefix=args.window_prefix,
+        ):
+            writer.write(piece.frames, value_range=(-1.0, 1.0), audio=piece.audio)
+            frames += len(piece.frames)
+            print(
+                f"window {piece.window + 1}: {output_path} now holds {frames / args.fps:.2f} s "
+                f"({piece.latency:.1f} s after the first audio sample)",
+                flush=True,
+            )
+    print(
+        f"wrote {output_path}: {frames} frames ({frames / args.fps:.2f} s) at {args.width}x{args.height}, "
+        f"streamed in {time.monotonic() - started:.1f} s"
     )
     return 0

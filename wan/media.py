@@ -278,21 +278,22 @@ class VideoWriter:
         self._audio_rate = audio_sample_rate
         self._audio_sent = 0  # samples handed to the AAC encoder so far
         self._closed = False
+        self._force_keyframe = False  # the next frame is encoded as a keyframe
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.frames_dir is not None:
             self.frames_dir.mkdir(parents=True, exist_ok=True)
         # Same folder as the target, so os.replace is an atomic rename; the random part keeps two
         # writers aimed at one path apart.
-        self._partial = self.path.with_name(f".{self.path.stem}.{uuid.uuid4().hex[:8]}.partial.mp4")
-        self._container = av.open(str(self._partial), "w", format="mp4", options={"movflags": "+faststart"})
+        self._partial = self._output_file()
+        self._container = av.open(str(self._partial), "w", format="mp4", options=self._mp4_options())
         # Deletes the partial file if the writer is aborted or garbage-collected before close().
         self._discard = weakref.finalize(self, _discard_partial, self._container, self._partial)
         # PyAV needs every stream before the first packet is muxed, so both are added now; the video
         # size is filled in by the first write().
         self._video = self._container.add_stream("libx264", rate=self.fps)
         self._video.pix_fmt = "yuv420p"
-        self._video.options = {"crf": str(crf)}
+        self._video.options = {"crf": str(crf), **self._x264_options()}
         # RGB->YUV below uses the BT.601 matrix (limited range); say so, or players guess BT.709 for HD.
         self._video.codec_context.colorspace = 6  # SMPTE 170M (BT.601)
         self._video.codec_context.color_primaries = 6
@@ -301,6 +302,16 @@ class VideoWriter:
         self._audio_stream = None
         if self._audio is not None:
             self._audio_stream = self._container.add_stream("aac", rate=audio_sample_rate, layout="mono")
+
+    def _output_file(self) -> Path:
+        """Where the container is written while frames arrive."""
+        return self.path.with_name(f".{self.path.stem}.{uuid.uuid4().hex[:8]}.partial.mp4")
+
+    def _mp4_options(self) -> dict[str, str]:
+        return {"movflags": "+faststart"}
+
+    def _x264_options(self) -> dict[str, str]:
+        return {}
 
     def __enter__(self) -> VideoWriter:
         return self
@@ -343,9 +354,12 @@ class VideoWriter:
                 Image.fromarray(frame).save(self.frames_dir / f"frame_{self.frame_count:06d}.png")
             video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
             video_frame.pts, video_frame.time_base = self.frame_count, 1 / self.fps
+            if self._force_keyframe:
+                video_frame.pict_type = av.video.frame.PictureType.I
+                self._force_keyframe = False
             self._mux(self._video.encode(video_frame))
             self.frame_count += 1
-        self._encode_audio(final=False)
+            self._encode_audio(final=False)  # after every frame: the two streams stay interleaved
 
     def close(self) -> None:
         """Finish encoding, mux the audio (cut or padded to frames / fps) and move the file to `path`."""
@@ -363,7 +377,8 @@ class VideoWriter:
         except BaseException:
             self._discard()
             raise
-        os.replace(self._partial, self.path)
+        if self._partial != self.path:
+            os.replace(self._partial, self.path)
         self._discard.detach()
 
     def abort(self) -> None:
@@ -394,9 +409,7 @@ class VideoWriter:
         # AAC takes whole frames of `frame_size` samples; only the very last one may be shorter.
         while end - self._audio_sent >= frame_size or (final and end > self._audio_sent):
             count = min(frame_size, end - self._audio_sent)
-            chunk = np.zeros((1, count), np.float32)  # silence past the end of the given audio
-            given = self._audio[self._audio_sent : self._audio_sent + count]
-            chunk[0, : given.size] = given
+            chunk = self._audio_samples(self._audio_sent, count)[None]
             audio_frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
             audio_frame.sample_rate = self._audio_rate
             # Real timestamps let the muxer write an edit list that hides the encoder's priming samples.
@@ -404,9 +417,91 @@ class VideoWriter:
             self._mux(self._audio_stream.encode(audio_frame))
             self._audio_sent += count
 
+    def _audio_samples(self, start: int, count: int) -> np.ndarray:
+        """`[count]` float32 samples of the audio from `start`, silence past its end."""
+        chunk = np.zeros(count, np.float32)
+        given = self._audio[start : start + count]
+        chunk[: given.size] = given
+        return chunk
+
     def _mux(self, packets: list[Any]) -> None:
         for packet in packets:
             self._container.mux(packet)
+
+
+class FragmentedVideoWriter(VideoWriter):
+    """A `VideoWriter` for live output: a fragmented MP4 that players can read while it grows.
+
+    A fragment goes to disk as soon as a frame's duration is waiting (x264 `zerolatency`: no frame is held
+    back by the encoder), so after each `write` the file on disk is a valid MP4 holding every frame written
+    so far but the last two (the muxer writes a sample once the next one arrives; measured in
+    tests/test_streaming_output.py), with their audio. The file is written at `path` itself, not renamed at the end: the point is to read it while it
+    grows; `close()` finishes it, and after an error the frames written so far stay a valid video.
+
+    The audio arrives with the frames: `write(frames, audio=samples)` (mono at `audio_sample_rate`), or pass
+    `audio` up front as for `VideoWriter`. Samples already encoded are dropped, so memory stays flat.
+    `keyframe_every_write` starts each write with a keyframe, so a viewer can join at any window.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *args: Any, keyframe_every_write: bool = True, **kwargs: Any
+    ):
+        self._keyframe_every_write = keyframe_every_write
+        self._audio_offset = 0  # sample index of self._audio[0]
+        super().__init__(path, *args, **kwargs)
+        if self._audio is None and self._audio_stream is None:
+            self._audio = np.zeros(0, np.float32)
+            self._audio_stream = self._container.add_stream("aac", rate=self._audio_rate, layout="mono")
+        self._discard.detach()  # a stream cut short keeps what it has written
+
+    def _output_file(self) -> Path:
+        return self.path
+
+    def _mp4_options(self) -> dict[str, str]:
+        # A fragment as soon as one frame's worth (40 ms at 25 fps) is waiting; max_interleave_delta: mux
+        # each packet at once instead of holding the video until the audio catches up. (frag_every_frame
+        # misplaces the timestamps of a video sample flushed after an audio one.)
+        return {
+            "movflags": "empty_moov+default_base_moof",
+            "frag_duration": str(round(1_000_000 / self.fps)),
+            "flush_packets": "1",
+            "max_interleave_delta": "1",
+        }
+
+    def _x264_options(self) -> dict[str, str]:
+        return {"tune": "zerolatency"}
+
+    def write(
+        self,
+        frames: np.ndarray | torch.Tensor,
+        value_range: tuple[float, float] = (0.0, 1.0),
+        audio: np.ndarray | torch.Tensor | None = None,
+    ) -> None:
+        """Encode frames `[T, H, W, 3]` and the audio that goes with them, then flush the file."""
+        if audio is not None and len(audio):
+            samples = np.clip(_waveform_to_mono(audio, "audio for the video"), -1, 1)
+            self._audio = np.concatenate([self._audio, samples])
+        self._force_keyframe = self._keyframe_every_write
+        super().write(frames, value_range)
+        keep = self._audio_sent - self._audio_offset
+        self._audio, self._audio_offset = self._audio[keep:], self._audio_sent
+
+    def _audio_samples(self, start: int, count: int) -> np.ndarray:
+        return super()._audio_samples(start - self._audio_offset, count)
+
+    def _mux(self, packets: list[Any]) -> None:
+        # A fragment per frame is written before the next packet exists, so its duration must be on it.
+        for packet in packets:
+            if not packet.duration and packet.stream is self._video:
+                packet.duration = round(1 / (self.fps * packet.time_base))
+        super()._mux(packets)
+
+    def abort(self) -> None:
+        """Stop; the frames written so far stay a valid file."""
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(Exception):
+                self._container.close()
 
 
 def _discard_partial(container: Any, partial: Path) -> None:

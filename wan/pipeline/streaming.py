@@ -17,6 +17,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -36,6 +38,28 @@ def window_waveform(
     piece = waveform[max(start - offset, 0) : start - offset + length]
     chunk[: len(piece)] = piece
     return chunk
+
+
+def pcm_chunks(stream: BinaryIO, chunk_samples: int = 1600) -> Iterator[np.ndarray]:
+    """Raw 16-bit little-endian mono PCM (e.g. 16 kHz from stdin) as float32 chunks of up to
+    `chunk_samples` samples, each as soon as it has arrived; ends with the stream."""
+    leftover = b""
+    while True:
+        data = stream.read(2 * chunk_samples)
+        if not data:
+            break
+        data = leftover + data
+        whole = len(data) // 2 * 2
+        leftover = data[whole:]
+        if whole:
+            yield np.frombuffer(data[:whole], dtype="<i2").astype(np.float32) / 32768.0
+
+
+def file_chunks(path: str | Path, chunk_samples: int = 1600) -> Iterator[np.ndarray]:
+    """An audio file (any format `load_audio` reads) at 16 kHz mono, in chunks of `chunk_samples`."""
+    waveform = load_audio(path, 16000)
+    for start in range(0, len(waveform), chunk_samples):
+        yield waveform[start : start + chunk_samples]
 
 
 class AudioStream:
