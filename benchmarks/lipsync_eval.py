@@ -442,6 +442,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="size of the held-out face (default: that of the demo model's training faces)",
     )
+    parser.add_argument(
+        "--guidance",
+        choices=["published", "ang"],
+        default="published",
+        help="guidance rule (wan.pipeline.guidance)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="noise seed of every generated video")
     parser.add_argument(
         "--field_metrics",
@@ -463,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         "text_guidance_scale": args.text_guidance,
         "overlap": args.overlap,
         "seed": args.seed,
+        "guidance": args.guidance,
     }
     field_evaluator = None
     if args.field_metrics:

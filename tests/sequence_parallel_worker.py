@@ -12,6 +12,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wan.models.fsdp import local_parameter_count, shard_transformer  # noqa: E402
+from wan.pipeline.guidance import build_guidance  # noqa: E402
 from wan.pipeline.sampler import SamplingConditions, SlidingWindowSampler  # noqa: E402
 from wan.pipeline.solvers import build_scheduler  # noqa: E402
 from wan.pipeline.tiny import build_tiny_pipeline  # noqa: E402
@@ -53,11 +54,18 @@ def main() -> None:
                 1, 8 * window.length, 768, generator=torch.Generator().manual_seed(window.start)
             )
 
-        def sample() -> torch.Tensor:
-            sampler = SlidingWindowSampler(transformer, build_scheduler("euler"), window_length=6, overlap=2)
+        def sample(guidance: str = "published") -> torch.Tensor:
+            sampler = SlidingWindowSampler(
+                transformer,
+                build_scheduler("euler"),
+                window_length=6,
+                overlap=2,
+                guidance=build_guidance(guidance),
+            )
             return sampler(noise, conditions, audio, num_inference_steps=3, progress=False)
 
         video_single = sample()
+        video_single_ang = sample("ang")  # Audio Native Guidance: the adapter on two samples of the batch
         seen = []
         transformer.blocks[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[1]))
         errors = {}
@@ -66,6 +74,7 @@ def main() -> None:
             for b, f in cases:
                 errors[f"{mode} {b}x{f}"] = relative(transformer(**inputs(b, f)).sample, single[(b, f)])
             errors[f"{mode} sampler"] = relative(sample(), video_single)
+            errors[f"{mode} sampler ang"] = relative(sample("ang"), video_single_ang)
         total = local_parameter_count(transformer)
         shard_transformer(transformer, "cpu")
         errors["sharded"] = relative(transformer(**inputs(*cases[0])).sample, single[cases[0]])

@@ -28,7 +28,7 @@ def test_two_processes_compute_what_one_does(tmp_path) -> None:
     # Frames split 2/1, 3/3 and 1/0 (6 tokens per latent frame): each process really held only its share.
     assert [r["local_tokens"] for r in ranks] == [[12, 18, 6], [6, 18, 0]]
     for rank in ranks:
-        assert len(rank["errors"]) == 3 * 4 + 1  # 3 modes x (3 forwards + a sampling run) + FSDP
+        assert len(rank["errors"]) == 3 * 5 + 1  # 3 modes x (3 forwards + published and ANG sampling) + FSDP
         assert all(error <= 1e-5 for error in rank["errors"].values()), rank["errors"]
         assert 0.45 < rank["parameter_share"] < 0.55  # FSDP: each process keeps about half the weights
 

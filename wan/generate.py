@@ -151,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("START", "END"),
         help="guide only on this fraction of the steps (one forward instead of three elsewhere)",
     )
+    sampling.add_argument(
+        "--guidance",
+        choices=["published", "ang"],
+        default="published",
+        help="guidance rule: 'published' (StableAvatar's released text/audio guidance) or 'ang' (the paper's "
+        "Audio Native Guidance, docs/audio-native-guidance.md); both 3 forwards per guided step",
+    )
     sampling.add_argument("--seed", type=int, default=None, help="random seed (printed when not given)")
     sampling.add_argument(
         "--fps", type=int, default=25, help="frame rate; the released models were trained at 25"
@@ -416,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         text_guidance_scale=args.sample_text_guide_scale,
         audio_guidance_scale=args.sample_audio_guide_scale,
         guidance_interval=tuple(args.guidance_interval),
+        guidance=args.guidance,
         clip_length=args.clip_sample_n_frames,
         overlap=args.overlap_window_length,
         weighting=args.overlapping_weight_scheme,

@@ -2,6 +2,7 @@
 
 from .guidance import (
     GUIDANCE_RULES,
+    AudioNativeGuidance,
     Guidance,
     GuidanceBatch,
     GuidanceInputs,
@@ -15,6 +16,7 @@ from .sampler import SamplingConditions, SlidingWindowSampler
 from .windows import Window, blend_weights, plan_windows
 
 __all__ = [
+    "AudioNativeGuidance",
     "GUIDANCE_RULES",
     "Guidance",
     "GuidanceBatch",

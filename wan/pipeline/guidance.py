@@ -12,6 +12,10 @@ Rules are registered by name (`@register_guidance("name")`) and built with `buil
 - "published": StableAvatar's rule, 3 forwards per guided step on [no audio, audio, audio] with texts
   [negative, negative, prompt]; the adapter runs on the last sample only and sample 1 reuses its output:
   `e = e_uncond + audio * (e_audio - e_uncond) + text * (e_full - e_audio)`.
+- "ang": Audio Native Guidance (the paper's section 3.3, derived in docs/audio-native-guidance.md), also 3
+  forwards, on [latent-audio pair dropped, audio dropped, full]: texts [negative, prompt, prompt], the
+  adapter run on zeroed features for sample 1 and on the audio for sample 2:
+  `e = e_pair + text * (e_no_audio - e_pair) + audio * (e_full - e_no_audio)`.
 
 Usage (what a distillation teacher does for one window)::
 
@@ -177,6 +181,41 @@ class PublishedGuidance(Guidance):
     def combine(self, predictions: torch.Tensor) -> torch.Tensor:
         uncond, audio_only, full = predictions.chunk(3)
         return uncond + self.audio_scale * (audio_only - uncond) + self.text_scale * (full - audio_only)
+
+
+@register_guidance("ang")
+class AudioNativeGuidance(Guidance):
+    """Audio Native Guidance (StableAvatar paper, section 3.3), 3 forwards per guided step like the published rule.
+
+    The audio adapter's refined audio embedding is computed from the noisy latents at every step, so it is
+    part of what the model predicts, jointly with the latents: guidance acts on the pair (latents, refined
+    audio). Batch: texts [negative, prompt, prompt], audio [none, zeroed features, audio] with
+    `audio_sources=(None, 1, 2)`: sample 0 has the latent-audio pair dropped (no refined audio at all),
+    sample 1 has the audio dropped (the adapter still refines its null embedding from the latents, the
+    condition the model was trained with under audio dropout), sample 2 has full conditioning.
+    Combination (docs/audio-native-guidance.md derives it):
+    `e = e_pair + text * (e_no_audio - e_pair) + audio * (e_full - e_no_audio)`.
+    """
+
+    def build_batch(self, inputs: GuidanceInputs) -> GuidanceBatch:
+        negative, prompt = inputs.negative_prompt_embeds[0], inputs.prompt_embeds[0]
+        text = torch.nn.utils.rnn.pad_sequence([negative, prompt, prompt], batch_first=True)
+        audio = inputs.audio_embeds
+        silence = torch.zeros_like(audio)
+        return GuidanceBatch(
+            encoder_hidden_states=text,
+            encoder_hidden_states_image=inputs.image_embeds.expand(3, -1, -1),
+            audio_embeds=torch.cat([silence, silence, audio]),
+            audio_sources=(None, 1, 2),
+        )
+
+    def combine(self, predictions: torch.Tensor) -> torch.Tensor:
+        pair_dropped, audio_dropped, full = predictions.chunk(3)
+        return (
+            pair_dropped
+            + self.text_scale * (audio_dropped - pair_dropped)
+            + self.audio_scale * (full - audio_dropped)
+        )
 
 
 def transformer_forward(

@@ -31,7 +31,7 @@ from .conditioning import (
     image_to_tensor,
 )
 from .decoding import StreamingDecoder, stream_decode
-from .guidance import PublishedGuidance
+from .guidance import build_guidance
 from .sampler import ProgressCallback, SamplingConditions, SlidingWindowSampler
 from .streaming import (
     AudioStream,
@@ -106,6 +106,7 @@ class StableAvatarPipeline(DiffusionPipeline):
         text_guidance_scale: float = 3.0,
         audio_guidance_scale: float = 5.0,
         guidance_interval: tuple[float, float] = (0.0, 1.0),
+        guidance: str = "published",
         clip_length: int = 81,
         overlap: int = 5,
         weighting: str = "uniform",
@@ -133,6 +134,8 @@ class StableAvatarPipeline(DiffusionPipeline):
             text_guidance_scale, audio_guidance_scale: guidance strengths.
             guidance_interval: fraction of the steps [start, end) that run guidance (3 forwards); the rest
                 run one forward. (0, 1), every step, is the published behaviour.
+            guidance: the guidance rule by name (`wan.pipeline.guidance`): 'published' (StableAvatar's
+                released rule) or 'ang' (the paper's Audio Native Guidance); both 3 forwards per guided step.
             clip_length: video frames per window, 4k+1 (81 as trained).
             overlap: latent frames shared by neighbouring windows.
             weighting: 'uniform' or 'log' blending across overlaps.
@@ -183,7 +186,12 @@ class StableAvatarPipeline(DiffusionPipeline):
             window_length=window_length,
             overlap=overlap,
             weighting=weighting,
-            guidance=PublishedGuidance(text_guidance_scale, audio_guidance_scale, tuple(guidance_interval)),
+            guidance=build_guidance(
+                guidance,
+                text_scale=text_guidance_scale,
+                audio_scale=audio_guidance_scale,
+                interval=tuple(guidance_interval),
+            ),
             device=device,
             cache_text_image=cache_text_image,
             **({"prefix": prefix} if sampling_order == "windows" else {}),
@@ -227,6 +235,7 @@ class StableAvatarPipeline(DiffusionPipeline):
         text_guidance_scale: float = 3.0,
         audio_guidance_scale: float = 5.0,
         guidance_interval: tuple[float, float] = (0.0, 1.0),
+        guidance: str = "published",
         clip_length: int = 81,
         overlap: int = 5,
         seed: int | None = None,
@@ -266,7 +275,12 @@ class StableAvatarPipeline(DiffusionPipeline):
             self.scheduler,
             window_length=window_length,
             overlap=overlap,
-            guidance=PublishedGuidance(text_guidance_scale, audio_guidance_scale, tuple(guidance_interval)),
+            guidance=build_guidance(
+                guidance,
+                text_scale=text_guidance_scale,
+                audio_scale=audio_guidance_scale,
+                interval=tuple(guidance_interval),
+            ),
             device=device,
             cache_text_image=cache_text_image,
             prefix=prefix,
