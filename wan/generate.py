@@ -467,6 +467,7 @@ def stream_to_file(
             text_guidance_scale=args.sample_text_guide_scale,
             audio_guidance_scale=args.sample_audio_guide_scale,
             guidance_interval=tuple(args.guidance_interval),
+            guidance=args.guidance,
             clip_length=args.clip_sample_n_frames,
             overlap=args.overlap_window_length,
             seed=args.seed,
