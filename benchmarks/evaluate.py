@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--fvd_model", type=Path, help="ONNX clip feature network for FVD (e.g. I3D)")
     parser.add_argument("--real_videos", type=Path, help="real videos for FID / FVD")
+    parser.add_argument(
+        "--min_face_coverage",
+        type=float,
+        default=0.5,
+        help="share of the frames the face must be tracked in; the measures use the tracked span",
+    )
     parser.add_argument("--output", type=Path, default=Path("outputs/evaluation"))
     parser.add_argument("--threads", type=int, default=2)
     return parser
@@ -87,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             embedder=embedder,
             fid=FrameFeatures(args.fid_model) if args.fid_model else None,
             fvd=ClipFeatures(args.fvd_model) if args.fvd_model else None,
+            min_face_coverage=args.min_face_coverage,
         )
         report = evaluate_folder(
             evaluator, args.videos, args.references, args.audio, args.output, args.real_videos

@@ -81,6 +81,7 @@ class Evaluator:
     fid: FrameFeatures | None = None
     fvd: ClipFeatures | None = None
     max_length_mismatch: float = 0.1  # seconds between audio and video
+    min_face_coverage: float = 0.5  # share of the frames the face track must cover
     detector: MediaPipeFaceDetector = field(default_factory=MediaPipeFaceDetector)
 
     def video(self, path: Path, audio_path: Path | None, reference: Path | None) -> tuple[dict, dict]:
@@ -94,7 +95,7 @@ class Evaluator:
             )
         result: dict = {"video": path.name, "frames": len(frames)}
         curves: dict = {}
-        crops, track = face_crops(frames, path.name, self.detector)
+        crops, track = face_crops(frames, path.name, self.detector, min_coverage=self.min_face_coverage)
         result["face_frames"] = [int(track.frames[0]), int(track.frames[-1]) + 1]
         if self.syncnet is not None:
             waveform = load_audio(audio_path or path, 16000)
