@@ -31,8 +31,10 @@ class SpeedOption:
     steps: int = 50
     guidance_interval: tuple[float, float] = (0.0, 1.0)
     step_cache_threshold: float | None = None
+    student: str | None = None  # a distilled student's model folder: its transformer, guidance off
 
 
+STUDENT_DIR = "checkpoints/demo-student"
 PUBLISHED = SpeedOption("published: euler 50, guidance every step")
 OPTIONS = (
     PUBLISHED,
@@ -45,6 +47,9 @@ OPTIONS = (
     SpeedOption("euler 10, guidance first half", steps=10, guidance_interval=(0.0, 0.5)),
     SpeedOption("euler 20, step cache 0.1", steps=20, step_cache_threshold=0.1),
     SpeedOption("euler 20, step cache 0.3", steps=20, step_cache_threshold=0.3),
+    SpeedOption("student, euler 4", steps=4, student=STUDENT_DIR),
+    SpeedOption("student, euler 2", steps=2, student=STUDENT_DIR),
+    SpeedOption("student, euler 1", steps=1, student=STUDENT_DIR),
 )
 
 
@@ -74,9 +79,16 @@ class WorkCounter:
 def run_option(
     pipe, option: SpeedOption, base: dict, output: Path, seconds: float, identity_seconds: float, shift: float
 ) -> dict:
+    from wan.models import StableAvatarTransformer3DModel
     from wan.pipeline.solvers import build_scheduler, enable_step_cache
 
     pipe.scheduler = build_scheduler(option.solver, shift)
+    teacher = pipe.transformer
+    if option.student:  # one forward a step: the teacher's guidance is baked into the student
+        pipe.transformer = StableAvatarTransformer3DModel.from_pretrained(
+            Path(option.student) / "transformer"
+        )
+        base = {**base, "text_guidance_scale": 1.0, "audio_guidance_scale": 1.0}
     if option.step_cache_threshold is not None:
         enable_step_cache(pipe.transformer, option.step_cache_threshold)
     counter = WorkCounter(pipe.transformer)
@@ -91,6 +103,7 @@ def run_option(
         counter.remove()
         if option.step_cache_threshold is not None:
             pipe.transformer.disable_cache()
+        pipe.transformer = teacher
     video_seconds = 2 * seconds + identity_seconds  # right-audio, wrong-audio and identity videos
     return {
         **asdict(option),
