@@ -34,7 +34,6 @@ class SpeedOption:
     student: str | None = None  # a distilled student's model folder: its transformer, guidance off
 
 
-STUDENT_DIR = "checkpoints/demo-student"
 PUBLISHED = SpeedOption("published: euler 50, guidance every step")
 OPTIONS = (
     PUBLISHED,
@@ -47,9 +46,6 @@ OPTIONS = (
     SpeedOption("euler 10, guidance first half", steps=10, guidance_interval=(0.0, 0.5)),
     SpeedOption("euler 20, step cache 0.1", steps=20, step_cache_threshold=0.1),
     SpeedOption("euler 20, step cache 0.3", steps=20, step_cache_threshold=0.3),
-    SpeedOption("student, euler 4", steps=4, student=STUDENT_DIR),
-    SpeedOption("student, euler 2", steps=2, student=STUDENT_DIR),
-    SpeedOption("student, euler 1", steps=1, student=STUDENT_DIR),
 )
 
 
