@@ -6,7 +6,12 @@
 #                    or a converted StableAvatar folder to finetune.
 #   OUTPUT_DIR       checkpoints, logs and validation videos.
 #   DATA_ROOT        the folder prepare_dataset.py wrote (default talking_face_data).
+#   PROCESSES_PER_MACHINE  training processes on this machine (default: its GPUs). Without a GPU the script
+#                    stops with one message unless this is set (CPU training: 1 or 2, slow).
+#   ACCELERATE_CONFIG  another accelerate config file (e.g. accelerate_config/accelerate_config_machine_1B_fsdp.yaml).
 #   DRY_RUN=1        print the command instead of running it.
+# Stop a run with Ctrl-C or `kill PID` (SIGTERM) of this script: every process finishes its step, saves a
+# checkpoint and exits; resume with the same command (--resume_from_checkpoint=latest is the default).
 # Extra flags pass through to train_PRESET.py (--help lists them); later flags override earlier ones.
 set -euo pipefail
 preset="${1:?usage: scripts/train.sh PRESET [flags...]}"
@@ -21,16 +26,31 @@ case "$preset" in
     14B | 14B_lora) size=14B; data_flags=("${square[@]}" "${rec_vec[@]}"); model=checkpoints/Wan2.1-14B-base ;;
     *) echo "error: unknown preset $preset (1B_square, 1B_rec_vec, 1B_rec_vec_lora, 14B, 14B_lora)" >&2; exit 2 ;;
 esac
+if [ "${MULTINODE:-0}" = 1 ]; then
+    : "${NUM_MACHINES:?set NUM_MACHINES}" "${MACHINE_RANK:?set MACHINE_RANK}" "${MAIN_PROCESS_IP:?set MAIN_PROCESS_IP}"
+fi
+gpus=$(python3 -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+if [ -z "${PROCESSES_PER_MACHINE:-}" ] && [ "$gpus" = 0 ] && [ "${DRY_RUN:-0}" != 1 ]; then
+    echo "error: no CUDA GPU found on this machine; set PROCESSES_PER_MACHINE=1 to train on the CPU anyway (slow)" >&2
+    exit 2
+fi
+per_machine="${PROCESSES_PER_MACHINE:-$gpus}"
+[ "$per_machine" = 0 ] && [ "${DRY_RUN:-0}" = 1 ] && per_machine=1
+case "$per_machine" in
+    '' | *[!0-9]* | 0) echo "error: PROCESSES_PER_MACHINE must be a positive whole number, got '$per_machine'" >&2; exit 2 ;;
+esac
 launch=(accelerate launch)
 if [ "${MULTINODE:-0}" = 1 ]; then
-    launch+=(--config_file "accelerate_config/accelerate_config_machine_${size}_multiple.yaml"
-             --num_machines "${NUM_MACHINES:?set NUM_MACHINES}" --num_processes "${NUM_PROCESSES:?set NUM_PROCESSES}"
+    machines="$NUM_MACHINES"
+    launch+=(--config_file "${ACCELERATE_CONFIG:-accelerate_config/accelerate_config_machine_${size}_multiple.yaml}"
+             --num_machines "$machines" --num_processes "${NUM_PROCESSES:-$((machines * per_machine))}"
              --machine_rank "${MACHINE_RANK:?set MACHINE_RANK}" --main_process_ip "${MAIN_PROCESS_IP:?set MAIN_PROCESS_IP}"
              --main_process_port "${MAIN_PROCESS_PORT:-29500}")
     # The published multi-node 1.3B runs used a larger learning rate.
     [ "$size" = 1B ] && set -- --learning_rate=1e-4 "$@"
 else
-    launch+=(--config_file "accelerate_config/accelerate_config_machine_${size}_single.yaml")
+    launch+=(--config_file "${ACCELERATE_CONFIG:-accelerate_config/accelerate_config_machine_${size}_single.yaml}" --num_processes "$per_machine")
+    [ -n "${MAIN_PROCESS_PORT:-}" ] && launch+=(--main_process_port "$MAIN_PROCESS_PORT")
 fi
 export TOKENIZERS_PARALLELISM=false
 [ "${DRY_RUN:-0}" = 1 ] && launch=(echo "${launch[@]}")

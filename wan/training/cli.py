@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..cli import run_cli
 from ..errors import UserFacingError
+from .loop import die_with_parent
 from .objective import ObjectiveConfig
 from .presets import PRESETS, Preset
 from .trainer import DataSource, TrainConfig, Trainer
@@ -35,7 +36,19 @@ def build_parser(preset: Preset, prog: str) -> argparse.ArgumentParser:
     )
     data = p.add_argument_group("data (talking_face_data path lists; see prepare_dataset.py)")
     for flag, (width, height) in preset.data_flags.items():
-        data.add_argument(flag, type=Path, help=f"path-list txt of clips trained at {width}x{height}")
+        data.add_argument(
+            flag, type=Path, help="path list (txt, or metadata csv/jsonl) of clips for one size"
+        )
+        data.add_argument(
+            size_flag(flag), type=parse_size, default=(width, height), metavar="WxH", help="its training size"
+        )
+    data.add_argument(
+        "--train_data",
+        action="append",
+        default=[],
+        metavar="LIST:WxH",
+        help="another size bucket: a path list and the size its clips train at (repeatable)",
+    )
     data.add_argument(
         "--precomputed_dir", type=Path, help="train on cached features (python -m wan.training.precompute)"
     )
@@ -53,9 +66,16 @@ def build_parser(preset: Preset, prog: str) -> argparse.ArgumentParser:
         "--checkpointing_steps", type=int, default=2000, help="save accelerate state + weights every N steps"
     )
     run.add_argument("--checkpoints_total_limit", type=int, help="keep only the newest N checkpoints")
-    run.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint-N folder")
+    run.add_argument(
+        "--resume_from_checkpoint", help="'latest', or checkpoint-N (in --output_dir) or a checkpoint folder"
+    )
     run.add_argument("--seed", type=int, default=42)
-    run.add_argument("--report_to", choices=["tensorboard", "none"], default="tensorboard")
+    run.add_argument(
+        "--report_to",
+        choices=["tensorboard", "wandb", "none"],
+        default="tensorboard",
+        help="wandb is imported only when chosen; WANDB_MODE=offline logs without an account",
+    )
     optim = p.add_argument_group("optimisation")
     optim.add_argument("--learning_rate", type=float, default=preset.learning_rate)
     optim.add_argument("--lr_scheduler", default="constant_with_warmup", help="any diffusers scheduler name")
@@ -114,17 +134,53 @@ def build_parser(preset: Preset, prog: str) -> argparse.ArgumentParser:
         "--validation_reference_path", type=Path, help="reference image for validation videos"
     )
     validation.add_argument("--validation_driven_audio_path", type=Path, help="audio for validation videos")
+    validation.add_argument(
+        "--validation_file",
+        type=Path,
+        help="JSON list (or JSONL) of validation items: image, audio, and optionally prompt, width, height, "
+        "num_frames (default: the training size and frames)",
+    )
     validation.add_argument("--validation_steps", type=int, default=500)
     validation.add_argument("--validation_inference_steps", type=int, default=25)
     return p
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """'832x480' -> (832, 480); sizes must be multiples of 16 (8x VAE, 2x2 patches)."""
+    try:
+        width, height = (int(value) for value in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r} is not WIDTHxHEIGHT, e.g. 512x512") from None
+    if width <= 0 or height <= 0 or width % 16 or height % 16:
+        raise argparse.ArgumentTypeError(
+            f"size {text} must be positive multiples of 16 (e.g. 512x512, 832x480)"
+        )
+    return width, height
+
+
+def size_flag(data_flag: str) -> str:
+    """--train_data_square_dir -> --train_data_square_size."""
+    return data_flag.removesuffix("_dir") + "_size"
+
+
 def config_from_args(args: argparse.Namespace, preset: Preset) -> TrainConfig:
     data = [
-        DataSource(getattr(args, flag.lstrip("-")), *size)
-        for flag, size in preset.data_flags.items()
+        DataSource(getattr(args, flag.lstrip("-")), *getattr(args, size_flag(flag).lstrip("-")))
+        for flag in preset.data_flags
         if getattr(args, flag.lstrip("-")) is not None
     ]
+    for entry in args.train_data:
+        list_file, _, size = entry.rpartition(":")
+        if not list_file:
+            raise UserFacingError(f"--train_data {entry}: write PATH_LIST:WIDTHxHEIGHT")
+        try:
+            data.append(DataSource(Path(list_file), *parse_size(size)))
+        except argparse.ArgumentTypeError as error:
+            raise UserFacingError(f"--train_data {entry}: {error}") from None
+    if args.video_sample_n_frames < 5 or (args.video_sample_n_frames - 1) % 4:
+        raise UserFacingError(
+            f"--video_sample_n_frames {args.video_sample_n_frames}: use 4k+1 frames, at least 5 (e.g. 81)"
+        )
     if not data and args.precomputed_dir is None:
         raise UserFacingError(
             f"no training data: pass {' and/or '.join(preset.data_flags)} (or --precomputed_dir)"
@@ -156,6 +212,7 @@ def config_from_args(args: argparse.Namespace, preset: Preset) -> TrainConfig:
         validation_steps=args.validation_steps,
         validation_image=args.validation_reference_path,
         validation_audio=args.validation_driven_audio_path,
+        validation_file=args.validation_file,
         validation_inference_steps=args.validation_inference_steps,
         transformer_path=args.transformer_path,
         seed=args.seed,
@@ -182,17 +239,10 @@ def main_for_preset(name: str, argv: list[str] | None = None) -> int:
     preset = PRESETS[name]
 
     def main(argv: list[str] | None) -> int:
+        die_with_parent()  # a worker stops when its launcher dies, even by SIGKILL
         args = build_parser(preset, f"train_{name}.py").parse_args(argv)
         config = config_from_args(args, preset)
-        trainer = Trainer(config)
-        if args.transformer_path is not None:
-            from ..loading.state_dict import load_state_dict_file
-            from ..loading.transformer import convert_reference_state_dict, load_converted_state_dict
-
-            load_converted_state_dict(
-                trainer.pipeline.transformer,
-                convert_reference_state_dict(load_state_dict_file(args.transformer_path)),
-            )
+        trainer = Trainer(config)  # loads --transformer_path before any LoRA adapter is attached
         history = trainer.train()
         if history:
             trainer.accelerator.print(

@@ -1,13 +1,17 @@
 """The `talking_face_data` layout as a training dataset.
 
-A path-list txt file names one clip folder per line; each folder holds `sub_clip.mp4`, `audio.wav`,
-`images/frame_i.png`, and optionally `face_masks/frame_i.png` and `lip_masks/frame_i.png` (a missing mask
-counts as all ones). A sample is `num_frames` consecutive frames from a random start, the clip's first
+A path-list txt file names one clip folder per line (or a metadata `.csv` with a `path` column, or `.jsonl`
+with a `path` key, each optionally with a `prompt`); each folder holds `sub_clip.mp4`, `audio.wav`,
+`images/frame_i.png`, and optionally `face_masks/frame_i.png`, `lip_masks/frame_i.png` (a missing mask
+counts as all ones) and `prompt.txt` (the clip's caption). Without a caption a clip trains with the prompt
+of its category folder (`speech/`, `singing/`, `dancing/`). A sample is `num_frames` consecutive frames from a random start, the clip's first
 sampled frame as reference, and the audio of exactly that span at the clip's real frame rate.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import re
 import warnings
 from dataclasses import dataclass
@@ -40,19 +44,44 @@ class ClipInfo:
     audio_seconds: float
 
 
-def read_path_list(list_file: str | Path) -> list[Path]:
+def read_clip_list(list_file: str | Path) -> list[tuple[Path, str | None]]:
+    """(clip folder, caption or None) of every clip a path list (txt), metadata CSV or JSONL names."""
     list_file = Path(list_file)
     if not list_file.is_file():
         raise MissingFileError(
             f"path list {list_file} not found; write one clip folder per line (prepare_dataset.py does)"
         )
-    return [Path(line.strip()) for line in list_file.read_text().splitlines() if line.strip()]
+    text = list_file.read_text()
+    if list_file.suffix.lower() == ".csv":
+        rows = list(csv.DictReader(text.splitlines()))
+    elif list_file.suffix.lower() in (".jsonl", ".json"):
+        try:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as error:
+            raise UserFacingError(f"{list_file}: not JSON lines ({error})") from None
+    else:
+        return [(Path(line.strip()), None) for line in text.splitlines() if line.strip()]
+    if any("path" not in row or not row["path"] for row in rows):
+        raise UserFacingError(
+            f"{list_file}: every row needs a 'path' (the clip folder); 'prompt' is optional"
+        )
+    base = list_file.parent
+    return [(base / Path(row["path"]), row.get("prompt") or None) for row in rows]
+
+
+def read_path_list(list_file: str | Path) -> list[Path]:
+    return [folder for folder, _ in read_clip_list(list_file)]
 
 
 def prompt_for(folder: Path, default: str = "") -> str:
-    for word, prompt in CATEGORY_PROMPTS.items():
-        if word in str(folder):
-            return prompt
+    """The clip's caption: `prompt.txt` in its folder, else the prompt of the nearest category folder above
+    it (`.../speech/00001` talks, whatever the folders further up are called), else `default`."""
+    caption = folder / "prompt.txt"
+    if caption.is_file() and caption.read_text().strip():
+        return caption.read_text().strip()
+    for parent in folder.parents:
+        if parent.name in CATEGORY_PROMPTS:
+            return CATEGORY_PROMPTS[parent.name]
     return default
 
 
@@ -130,11 +159,13 @@ class TalkingFaceDataset(Dataset):
         self.default_prompt = default_prompt
         self.epoch = 0
         self.clips: list[ClipInfo] = []
+        self.prompts: list[str] = []
         self.skipped: list[tuple[Path, str]] = []
         for list_file in list_files:
-            for folder in read_path_list(list_file):
+            for folder, caption in read_clip_list(list_file):
                 try:
                     self.clips.append(inspect_clip(folder, num_frames))
+                    self.prompts.append(caption or prompt_for(folder, default_prompt))
                 except (UserFacingError, OSError, ValueError) as error:
                     self.skipped.append((folder, str(error)))
                     warnings.warn(f"skipping clip: {error}", stacklevel=2)
@@ -168,7 +199,7 @@ class TalkingFaceDataset(Dataset):
             "face_masks": face,
             "lip_masks": lip,
             "audio": torch.from_numpy(span),
-            "prompt": prompt_for(clip.folder, self.default_prompt),
+            "prompt": self.prompts[index],
             "folder": str(clip.folder),
         }
 

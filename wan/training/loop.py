@@ -57,7 +57,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from ..errors import UserFacingError
@@ -180,7 +180,7 @@ def resolve_checkpoint(choice: str, output_dir: Path) -> Path | None:
     )
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Ask Linux to SIGTERM this process when its launcher dies (torch's launcher starts workers in new
     sessions, so killing the launcher's process group would leave them running)."""
     if sys.platform.startswith("linux") and os.environ.get("LOCAL_RANK") is not None:
@@ -194,11 +194,14 @@ def _die_with_parent() -> None:
 
 
 class TrainingLoop:
-    """Runs a `TrainingTask` under accelerate. `history` holds (step, loss of the first optimizer)."""
+    """Runs a `TrainingTask` under accelerate. `history` holds (step, loss of the first optimizer) of the whole
+    run, resumed parts included (it is saved in each checkpoint's trainer_state.json); `train()` returns the
+    entries of the steps it ran."""
 
     def __init__(
         self, task: TrainingTask, config: LoopConfig, accelerator: Accelerator | None = None
     ) -> None:
+        die_with_parent()
         self.task, self.config = task, config
         config.output_dir = Path(config.output_dir)
         config.output_dir.mkdir(parents=True, exist_ok=True)
@@ -220,10 +223,15 @@ class TrainingLoop:
     def _accelerator(self) -> Accelerator:
         config = self.config
         log_with = _tracker(config.report_to)
+        deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") == "true"
         return Accelerator(
             # DeepSpeed brings its own CPU accelerator; forcing accelerate's CPU mode would silently drop it.
-            cpu=not torch.cuda.is_available()
-            and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true",
+            cpu=not torch.cuda.is_available() and not deepspeed,
+            # Without CUDA accelerate names no backend for DeepSpeed and then counts a single process (every
+            # rank the main one); gloo makes it count the real world size.
+            kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")]
+            if deepspeed and not torch.cuda.is_available()
+            else None,
             mixed_precision=config.mixed_precision,
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             log_with=log_with,
@@ -237,8 +245,8 @@ class TrainingLoop:
         dataloader = task.dataloader()
         if accelerator.state.deepspeed_plugin is not None:
             # Our batches come from a batch sampler, which DeepSpeed cannot read the batch size from; the
-            # world size comes from the launcher (accelerate's count reads 1 before DeepSpeed starts).
-            world = int(os.environ.get("WORLD_SIZE", accelerator.num_processes))
+            # clipping norm is the run's (the config file's "auto" would otherwise become 1.0).
+            world = accelerator.num_processes
             deepspeed_config = accelerator.state.deepspeed_plugin.deepspeed_config
             deepspeed_config["train_micro_batch_size_per_gpu"] = task.micro_batch_size
             deepspeed_config["gradient_accumulation_steps"] = config.gradient_accumulation_steps
@@ -280,7 +288,7 @@ class TrainingLoop:
     def train(self) -> list[tuple[int, float]]:
         config, accelerator = self.config, self.accelerator
         first_epoch, skip_batches = self._resume()
-        _die_with_parent()
+        resumed_entries = len(self.history)
         previous_handlers = self._catch_stop_signals()
         bar = tqdm(
             total=self.max_train_steps,
@@ -329,7 +337,7 @@ class TrainingLoop:
             accelerator.print(f"stopped at step {saved_step}; resume with --resume_from_checkpoint latest")
         accelerator.wait_for_everyone()
         accelerator.end_training()
-        return self.history
+        return self.history[resumed_entries:]
 
     def _batches(self, epoch: int, skip: int):
         if self.dataloader is None:
@@ -431,7 +439,8 @@ class TrainingLoop:
         if accelerator.is_main_process:
             with self.ema_weights():
                 self.task.save_weights(staging, self.global_step)
-            (staging / STATE_FILE).write_text(json.dumps({"global_step": self.global_step}))
+            state = {"global_step": self.global_step, "history": self.history}
+            (staging / STATE_FILE).write_text(json.dumps(state))
             if final.exists():
                 shutil.rmtree(final)
             staging.rename(final)
@@ -456,7 +465,9 @@ class TrainingLoop:
             self.accelerator.print(f"no checkpoint in {self.config.output_dir}; starting from scratch")
             return 0, 0
         self.accelerator.load_state(str(path))
-        self.global_step = json.loads((path / STATE_FILE).read_text())["global_step"]
+        state = json.loads((path / STATE_FILE).read_text())
+        self.global_step = state["global_step"]
+        self.history = [tuple(entry) for entry in state.get("history", [])]
         epoch, done = divmod(self.global_step, self.updates_per_epoch)
         if self.dataloader is None:
             return epoch, 0
@@ -476,7 +487,12 @@ class TrainingLoop:
             for module in modules:
                 module.train()
         if values:
-            self.accelerator.log(values, step=self.global_step)
+            scalars = {k: v for k, v in values.items() if not isinstance(v, Path)}
+            if scalars:
+                self.accelerator.log(scalars, step=self.global_step)
+            _log_videos(
+                self.accelerator, {k: v for k, v in values.items() if isinstance(v, Path)}, self.global_step
+            )
 
 
 class _EmaSwap:
@@ -503,6 +519,31 @@ def _autocast_iter(accelerator: Accelerator, losses: Iterable):
             except StopIteration:
                 return
         yield item
+
+
+def _log_videos(accelerator: Accelerator, videos: dict[str, Path], step: int) -> None:
+    """Validation videos into the trackers: wandb gets the mp4, TensorBoard its middle frame."""
+    for tracker in accelerator.trackers if videos else []:
+        if tracker.name == "wandb":
+            import wandb
+
+            tracker.log({name: wandb.Video(str(path)) for name, path in videos.items()}, step=step)
+        elif tracker.name == "tensorboard":
+            for name, path in videos.items():
+                frame = _middle_frame(path)
+                if frame is not None:
+                    tracker.writer.add_image(name, frame, step, dataformats="HWC")
+
+
+def _middle_frame(path: Path) -> np.ndarray | None:
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    except (av.FFmpegError, OSError):
+        return None
+    return frames[len(frames) // 2] if frames else None
 
 
 def _tracker(report_to: str) -> str | None:

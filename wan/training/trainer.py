@@ -8,6 +8,7 @@ generator, so a resumed run continues exactly as an uninterrupted one would.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,9 @@ class TrainConfig:
     validation_steps: int = 500
     validation_image: Path | None = None
     validation_audio: Path | None = None
+    validation_file: Path | None = (
+        None  # JSON list / JSONL of {image, audio, prompt?, width?, height?, num_frames?}
+    )
     validation_inference_steps: int = 25
     seed: int = 42
     lora_rank: int | None = None
@@ -156,7 +160,7 @@ class FlowMatchingTask(TrainingTask):
         if config.precomputed_dir is not None:
             from .precompute import PrecomputedDataset
 
-            datasets = [PrecomputedDataset(config.precomputed_dir)]
+            datasets = PrecomputedDataset.by_size(config.precomputed_dir)
         else:
             datasets = [
                 TalkingFaceDataset(
@@ -235,24 +239,72 @@ class FlowMatchingTask(TrainingTask):
             state = {k: v.detach().contiguous().cpu() for k, v in transformer.state_dict().items()}
             save_file(state, str(folder / WEIGHTS_NAME.format(step=step)))
 
+    def validation_items(self) -> list[dict]:
+        """What to generate at each validation: the validation file's items, or the one reference/audio pair;
+        size and frames default to the training data's (the first size bucket, or the cached features')."""
+        config = self.config
+        if config.validation_file is not None:
+            items = read_validation_file(config.validation_file)
+        elif config.validation_image is not None:
+            items = [{"image": config.validation_image, "audio": config.validation_audio}]
+        else:
+            return []
+        if config.data:
+            width, height, frames = config.data[0].width, config.data[0].height, config.num_frames
+        else:
+            _, _, frames, height, width = self.datasets[0][0].face_masks.shape
+        defaults = {
+            "prompt": "The protagonist is talking",
+            "width": width,
+            "height": height,
+            "num_frames": frames,
+        }
+        return [{**defaults, **item} for item in items]
+
     def validate(self, folder: Path, step: int) -> dict | None:
-        if not self.config.validation_image:
-            return None
-        source = self.config.data[0]
-        path = folder / f"step-{step}.mp4"
-        self.pipeline(
-            self.config.validation_image,
-            self.config.validation_audio,
-            prompt="The protagonist is talking",
-            height=source.height,
-            width=source.width,
-            clip_length=self.config.num_frames,
-            num_inference_steps=self.config.validation_inference_steps,
-            seed=self.config.seed,
-            output_path=path,
-            progress=False,
+        """One video per validation item; returns their paths for the trackers."""
+        videos = {}
+        for index, item in enumerate(self.validation_items()):
+            path = folder / f"step-{step}.mp4" if index == 0 else folder / f"step-{step}-{index}.mp4"
+            self.pipeline(
+                item["image"],
+                item["audio"],
+                prompt=item["prompt"],
+                height=int(item["height"]),
+                width=int(item["width"]),
+                clip_length=int(item["num_frames"]),
+                num_inference_steps=self.config.validation_inference_steps,
+                seed=self.config.seed,
+                output_path=path,
+                progress=False,
+            )
+            videos[f"validation/{index}"] = path
+        return videos
+
+
+def read_validation_file(path: Path) -> list[dict]:
+    """The items of a validation file: a JSON list or JSON lines, each with `image` and `audio` (relative to
+    the file) and optionally `prompt`, `width`, `height`, `num_frames`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserFacingError(f"validation file {path} not found")
+    text = path.read_text()
+    try:
+        items = (
+            json.loads(text)
+            if text.lstrip().startswith("[")
+            else [json.loads(line) for line in text.splitlines() if line.strip()]
         )
-        return None
+    except json.JSONDecodeError as error:
+        raise UserFacingError(f"validation file {path} is not JSON or JSON lines: {error}") from None
+    for number, item in enumerate(items, 1):
+        if not isinstance(item, dict) or not item.get("image") or not item.get("audio"):
+            raise UserFacingError(f"validation file {path}, item {number}: needs 'image' and 'audio'")
+        for key in ("image", "audio"):
+            item[key] = path.parent / item[key]
+            if not item[key].is_file():
+                raise UserFacingError(f"validation file {path}, item {number}: {item[key]} not found")
+    return items
 
 
 def loop_config(config: TrainConfig) -> LoopConfig:
@@ -267,7 +319,7 @@ def loop_config(config: TrainConfig) -> LoopConfig:
         checkpointing_steps=config.checkpointing_steps,
         checkpoints_total_limit=config.checkpoints_total_limit,
         resume_from_checkpoint=config.resume_from_checkpoint,
-        validation_steps=config.validation_steps if config.validation_image else 0,
+        validation_steps=config.validation_steps if config.validation_image or config.validation_file else 0,
         seed=config.seed,
         use_ema=config.use_ema,
         ema_decay=config.ema_decay,
