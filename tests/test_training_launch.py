@@ -152,7 +152,7 @@ def _workers(launcher: psutil.Process) -> list[psutil.Process]:
 
 def _wait_for_first_step(process: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + 300
-    while "1/" not in log.read_text().split("training:")[-1]:
+    while "training:" not in (text := log.read_text()) or "1/" not in text.split("training:")[-1]:
         assert process.poll() is None, log.read_text()[-3000:]
         assert time.monotonic() < deadline, "no training step within 300 s"
         time.sleep(0.2)
