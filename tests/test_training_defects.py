@@ -14,6 +14,7 @@ import torch
 
 from tests.training_helpers import DETERMINISTIC_OBJECTIVE, FRAMES, SIZE, tiny_config, write_tiny_model
 from wan.cli import run_cli
+from wan.errors import UserFacingError
 from wan.loading.lora import LORA_TARGETS, load_lora
 from wan.media import read_video_info
 from wan.pipeline import StableAvatarPipeline
@@ -49,27 +50,20 @@ def cache(two_clips, tmp_path_factory):
     return folder
 
 
-def test_one_process_resume_at_an_epoch_boundary_is_exact(two_clips, model_dir, tmp_path) -> None:
-    """Defect 4: two batches per epoch, resumed at the first step of epoch 1 (accelerate used to reset the
-    sampler's epoch to 0 there)."""
-    straight = Trainer(
-        tiny_config(tmp_path / "a", two_clips, pipeline_dir=model_dir, max_train_steps=3)
-    ).train()
+def test_one_process_resume_at_an_epoch_boundary_is_exact(model_dir, tmp_path) -> None:
+    """Defect 4: four batches per epoch, resumed at the first step of epoch 1 (accelerate used to reset the
+    sampler to epoch 0 there, replaying epoch 0's order)."""
+    clips = write_dataset(tmp_path / "data", num_clips=4, seconds=1.0, size=(SIZE, SIZE), seed=9)
+    straight = Trainer(tiny_config(tmp_path / "a", clips, pipeline_dir=model_dir, max_train_steps=6)).train()
     Trainer(
-        tiny_config(
-            tmp_path / "b", two_clips, pipeline_dir=model_dir, max_train_steps=2, checkpointing_steps=2
-        )
+        tiny_config(tmp_path / "b", clips, pipeline_dir=model_dir, max_train_steps=4, checkpointing_steps=4)
     ).train()
     resumed = Trainer(
         tiny_config(
-            tmp_path / "b",
-            two_clips,
-            pipeline_dir=model_dir,
-            max_train_steps=3,
-            resume_from_checkpoint="latest",
+            tmp_path / "b", clips, pipeline_dir=model_dir, max_train_steps=6, resume_from_checkpoint="latest"
         )
     ).train()
-    assert resumed == straight[2:]
+    assert resumed == straight[4:]
 
 
 def test_lora_from_a_transformer_checkpoint_starts(cache, model_dir, tmp_path) -> None:
@@ -180,6 +174,10 @@ def test_precompute_refuses_sizes_that_are_not_multiples_of_16(two_clips, model_
         ["--model_dir", str(model_dir), "--data", f"{two_clips}:40x32", "--output", str(tmp_path / "c")],
     )
     assert code == 2 and not (tmp_path / "c").exists()
+    with pytest.raises(UserFacingError, match="multiples of 16"):
+        precompute(
+            build_tiny_pipeline(seed=0), TalkingFaceDataset(two_clips, 40, 32, FRAMES), tmp_path / "d", 1
+        )
 
 
 def test_prompts_come_from_the_clip_caption_or_its_own_category_folder(tmp_path) -> None:
