@@ -14,6 +14,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile
 
@@ -194,3 +195,88 @@ def test_generate_in_the_browser(page, server, tmp_path) -> None:
     written = [p.name for p in server["out"].iterdir()]
     assert len(written) == 1 and written[0].endswith(".mp4"), written
     assert "Traceback" not in server["log"].read_text()
+
+
+LIVE_AUDIO_SECONDS = 40.0
+
+
+@pytest.fixture(scope="module")
+def microphone_browser(tmp_path_factory):
+    """Chromium whose microphone plays a wav file (the example speech repeated for 40 s, once, in real time)."""
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="Playwright is not installed (bash scripts/browser-setup.sh)"
+    )
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip(
+            "Chromium is not installed at /usr/bin/chromium (bash scripts/browser-setup.sh installs it)"
+        )
+    speech = tmp_path_factory.mktemp("microphone") / "speech.wav"
+    samples, rate = soundfile.read(EXAMPLE / "audio.wav")
+    soundfile.write(speech, np.tile(samples, 8)[: int(rate * LIVE_AUDIO_SECONDS)], rate)
+    flags = [
+        *CHROMIUM_FLAGS,
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-audio-capture={speech}%noloop",
+        "--autoplay-policy=no-user-gesture-required",
+    ]
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=flags)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def test_live_tab_streams_the_microphone_into_video(microphone_browser, server, tmp_path) -> None:
+    page = microphone_browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(server["url"])
+    page.wait_for_selector("#generate")
+    # small and quick (4-latent-frame windows: the first needs 0.52 s of audio); the Generate tab's settings
+    # apply to the live tab
+    page.get_by_label("Custom").check()
+    _set_number(page, "#width", 64)
+    _set_number(page, "#height", 64)
+    _set_number(page, "#steps", 1)
+    page.get_by_text("More settings").click()
+    _set_number(page, "#clip-length", 13)
+    _set_number(page, "#overlap", 1)
+    page.get_by_role("tab", name="Live").click()
+    page.locator("#live-image input[type=file]").set_input_files(str(EXAMPLE / "reference.png"))
+    page.locator("#live-image img").first.wait_for()
+
+    page.locator("#live-microphone").get_by_role("button", name="Record").click()
+    started = time.monotonic()
+    video = page.locator("#live-video video")
+    video.wait_for(timeout=LIVE_AUDIO_SECONDS * 1000)
+    first_video_after = time.monotonic() - started
+    # frames came while the microphone was still playing the speech
+    assert first_video_after < LIVE_AUDIO_SECONDS, first_video_after
+    assert "Latency" in page.locator("#live-status").inner_text()
+    source = urllib.parse.urljoin(server["url"] + "/", video.get_attribute("src"))
+    status, body = http_get(source)
+    assert status == 200
+    (tmp_path / "window.mp4").write_bytes(body)
+    info = read_video_info(tmp_path / "window.mp4")
+    assert info["frames"] > 0 and info["has_audio"] and (info["width"], info["height"]) == (64, 64)
+    playable = page.evaluate(
+        "async () => { const v = document.querySelector('#live-video video');"
+        " if (v.readyState < 1) await new Promise(r => v.addEventListener('loadedmetadata', r, {once: true}));"
+        " return {duration: v.duration, width: v.videoWidth}; }"
+    )
+    assert playable["duration"] > 0 and playable["width"] == 64
+    _screenshot(page, tmp_path, "live.png")
+
+    # stopping ends the stream; the whole video is offered
+    page.locator("#live-microphone").get_by_role("button", name="Stop").click()
+    whole = page.locator("#live-whole video")
+    whole.wait_for()
+    source = urllib.parse.urljoin(server["url"] + "/", whole.get_attribute("src"))
+    status, body = http_get(source)
+    (tmp_path / "whole.mp4").write_bytes(body)
+    whole_info = read_video_info(tmp_path / "whole.mp4")
+    assert status == 200 and whole_info["frames"] >= info["frames"] and whole_info["has_audio"]
+    assert "Traceback" not in server["log"].read_text()
+    page.close()

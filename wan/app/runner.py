@@ -23,6 +23,7 @@ from ..pipeline.conditioning import DEFAULT_NEGATIVE_PROMPT
 from ..pipeline.memory import MEMORY_MODES, apply_memory_mode
 from ..pipeline.pipeline import StableAvatarPipeline
 from ..pipeline.windows import WEIGHTING_SCHEMES
+from .live import LiveSession, LiveSessions
 from .logic import (
     ModelChoice,
     Settings,
@@ -80,6 +81,7 @@ class Runner:
         device: str = "auto",
         dtype: str | None = None,
         loader: Callable[[ModelChoice, torch.dtype], StableAvatarPipeline] = load_model,
+        live_idle_timeout: float = 10.0,
     ) -> None:
         self.output_dir = Path(output_dir).resolve()
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -94,15 +96,37 @@ class Runner:
         self._run_lock = threading.Lock()  # one generation at a time, even after Gradio drops a cancelled job
         self._events_lock = threading.Lock()
         self._cancel_events: dict[str, threading.Event] = {}
+        self.live = LiveSessions(self._run_lock, self.output_dir, idle_timeout=live_idle_timeout)
 
     def cancel(self, session: str) -> bool:
-        """Stop the generation of `session` at its next window step; False when it has none."""
+        """Stop the generation or live stream of `session` at its next window step; False when it has none."""
+        live = self.live.cancel(session)
         with self._events_lock:
             event = self._cancel_events.get(session)
         if event is None:
-            return False
+            return live
         event.set()
         return True
+
+    def start_live(self, session: str, image: str | Path | None, settings: Settings) -> LiveSession:
+        """Start streaming for `session`: the microphone's chunks go to the returned session's `push`."""
+        choice = self._check(image, None, settings)
+        options = {
+            "prompt": settings.prompt,
+            "negative_prompt": settings.negative_prompt,
+            "height": settings.height,
+            "width": settings.width,
+            "num_inference_steps": settings.steps,
+            "text_guidance_scale": settings.text_guidance,
+            "audio_guidance_scale": settings.audio_guidance,
+            "clip_length": settings.clip_length,
+            "overlap": settings.overlap,
+            "seed": settings.seed,
+            "fps": FPS,
+        }
+        return self.live.start(
+            session, lambda: self._pipeline(choice, settings.memory_mode), Path(image), options
+        )
 
     def generate(
         self,
@@ -128,7 +152,7 @@ class Runner:
                 if self._cancel_events.get(session) is event:
                     del self._cancel_events[session]
 
-    def _check(self, image: str | Path | None, audio: Path, settings: Settings) -> ModelChoice:
+    def _check(self, image: str | Path | None, audio: Path | None, settings: Settings) -> ModelChoice:
         """Everything that can be checked before waiting for the model: a readable error now."""
         choice = resolve_model(settings.model, self.models)
         if settings.memory_mode not in MEMORY_MODES:
@@ -149,7 +173,7 @@ class Runner:
         if not image:
             raise UserFacingError("upload a reference image of the person")
         load_image(image)  # a broken image fails here, before any waiting
-        if not audio.is_file():
+        if audio is not None and not audio.is_file():
             raise UserFacingError("the audio upload is missing; upload it again")
         return choice
 

@@ -32,7 +32,7 @@ from .logic import (
     size_choice,
     user_message,
 )
-from .runner import Cancelled, Runner
+from .runner import FPS, Cancelled, Runner
 
 logger = logging.getLogger(__name__)
 EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "examples" / "case-1"
@@ -104,6 +104,23 @@ def _on_preset(preset: str) -> tuple:
 
 
 SETTINGS_FIELDS = tuple(inspect.signature(make_settings).parameters)
+# The Generate tab's settings the live tab uses, in the order its event passes them.
+LIVE_FIELDS = (
+    "prompt",
+    "negative_prompt",
+    "model",
+    "preset",
+    "width",
+    "height",
+    "steps",
+    "seed",
+    "text_guidance",
+    "audio_guidance",
+    "clip_length",
+    "overlap",
+    "weighting",
+    "memory_mode",
+)
 
 
 def build_ui(runner: Runner) -> gr.Blocks:
@@ -118,7 +135,7 @@ def build_ui(runner: Runner) -> gr.Blocks:
         banner = _model_banner(models[0].key, runner, elem_id="model-banner")
         initial = models[0].settings()
         initial_size = (int(initial["width"]), int(initial["height"]))
-        with gr.Row(equal_height=False):
+        with gr.Tab("Generate", elem_id="generate-tab"), gr.Row(equal_height=False):
             with gr.Column(scale=1):
                 image = gr.Image(
                     label="Reference image",
@@ -264,6 +281,45 @@ def build_ui(runner: Runner) -> gr.Blocks:
                 )
                 summary = gr.Markdown(elem_id="summary")
 
+        with gr.Tab("Live", elem_id="live-tab"):
+            gr.Markdown(
+                "Speak into the microphone: the video starts while you talk, one window at a time "
+                "(windows-outer sampling). The model, size, steps, guidance and windows are those of the "
+                "Generate tab. The first frame comes once the first window's audio is in and denoised; the "
+                "latency is shown below."
+            )
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=1):
+                    live_image = gr.Image(
+                        label="Reference image",
+                        type="filepath",
+                        sources=["upload", "clipboard"],
+                        height=280,
+                        elem_id="live-image",
+                    )
+                    microphone = gr.Audio(
+                        label="Microphone",
+                        sources=["microphone"],
+                        streaming=True,
+                        type="numpy",
+                        elem_id="live-microphone",
+                    )
+                with gr.Column(scale=1):
+                    live_video = gr.Video(
+                        label="Live: the newest window",
+                        autoplay=True,
+                        interactive=False,
+                        height=320,
+                        elem_id="live-video",
+                    )
+                    live_status = gr.Markdown(elem_id="live-status")
+                    live_whole = gr.Video(
+                        label="The whole stream (when you stop)",
+                        interactive=False,
+                        buttons=["download"],
+                        elem_id="live-whole",
+                    )
+
         private = {"api_visibility": "private", "queue": False}
         model.change(lambda key: _model_banner(key, runner), model, banner, **private)
         model.change(
@@ -355,6 +411,74 @@ def build_ui(runner: Runner) -> gr.Blocks:
             concurrency_id="generation",
         )
         stop.click(cancel, None, summary, cancels=[job], api_visibility="private", concurrency_limit=None)
+
+        live_settings = [prompt, negative_prompt, model, preset, width, height, steps, seed]
+        live_settings += [text_guidance, audio_guidance, clip_length, overlap, weighting, memory_mode]
+
+        def live_chunk(
+            audio,
+            image,
+            prompt,
+            negative_prompt,
+            model,
+            preset,
+            width,
+            height,
+            steps,
+            seed,
+            text_guidance,
+            audio_guidance,
+            clip_length,
+            overlap,
+            weighting,
+            memory_mode,
+            request: gr.Request,
+        ):
+            """A microphone chunk: (re)start the session's stream if needed, queue the audio, show what is new."""
+            page = locals()  # the Generate tab's values by name, as make_settings takes them
+            session = request.session_hash or ""
+            try:
+                live = runner.live.get(session)
+                if live is None or not (live.accepting and live.running):
+                    settings = make_settings(**{name: page[name] for name in LIVE_FIELDS})
+                    live = runner.start_live(session, image, settings)
+                if audio is not None:
+                    live.push(*audio)
+            except Exception as error:
+                raise _page_error(error) from None
+            segment = live.next_segment()
+            return (str(segment) if segment else gr.skip()), live.status(FPS)
+
+        def live_stop(request: gr.Request):
+            """The recording stopped: the last windows are made and shown, then the whole video."""
+            live = runner.live.get(request.session_hash or "")
+            if live is None:
+                yield gr.skip(), "", gr.skip()
+                return
+            live.finish()
+            while not live.wait(0.25):
+                segment = live.next_segment()
+                if segment:
+                    yield str(segment), live.status(FPS), gr.skip()
+            segment = live.next_segment()
+            whole = str(live.video_path) if live.frames else None
+            yield (str(segment) if segment else gr.skip()), live.status(FPS), whole
+
+        live_options = {"api_visibility": "private", "concurrency_limit": None}
+        microphone.stream(
+            live_chunk,
+            [microphone, live_image, *live_settings],
+            [live_video, live_status],
+            stream_every=0.5,
+            time_limit=3600,
+            **live_options,
+        )
+        microphone.stop_recording(live_stop, None, [live_video, live_status, live_whole], **live_options)
+
+        def page_closed(request: gr.Request) -> None:
+            runner.cancel(request.session_hash or "")  # frees a live stream's worker at once
+
+        demo.unload(page_closed)
     return demo
 
 
