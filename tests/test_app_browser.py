@@ -6,6 +6,7 @@ STABLEAVATAR_SCREENSHOT_DIR is set, there too."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -92,22 +93,36 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser():
-    """Debian's Chromium under Playwright; skips (before any server starts) when either is missing."""
+def playwright():
+    """One Playwright for the module (two sync instances cannot run at once); skips (before any server
+    starts) when Playwright or Chromium is missing."""
     sync_api = pytest.importorskip(
         "playwright.sync_api", reason="Playwright is not installed (bash scripts/browser-setup.sh)"
     )
-    chromium = _chromium()
-    if chromium is None:
+    if _chromium() is None:
         pytest.skip(
             "Chromium is not installed at /usr/bin/chromium (bash scripts/browser-setup.sh installs it)"
         )
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+        yield playwright
+
+
+@contextlib.contextmanager
+def _chromium_browser(playwright, extra_flags: list[str] = ()):
+    """Debian's Chromium, closed at the end."""
+    browser = playwright.chromium.launch(
+        executable_path=_chromium(), headless=True, args=[*CHROMIUM_FLAGS, *extra_flags]
+    )
+    try:
+        yield browser
+    finally:
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    with _chromium_browser(playwright) as browser:
+        yield browser
 
 
 @pytest.fixture(scope="module")
@@ -201,32 +216,19 @@ LIVE_AUDIO_SECONDS = 40.0
 
 
 @pytest.fixture(scope="module")
-def microphone_browser(tmp_path_factory):
+def microphone_browser(playwright, tmp_path_factory):
     """Chromium whose microphone plays a wav file (the example speech repeated for 40 s, once, in real time)."""
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="Playwright is not installed (bash scripts/browser-setup.sh)"
-    )
-    chromium = _chromium()
-    if chromium is None:
-        pytest.skip(
-            "Chromium is not installed at /usr/bin/chromium (bash scripts/browser-setup.sh installs it)"
-        )
     speech = tmp_path_factory.mktemp("microphone") / "speech.wav"
     samples, rate = soundfile.read(EXAMPLE / "audio.wav")
     soundfile.write(speech, np.tile(samples, 8)[: int(rate * LIVE_AUDIO_SECONDS)], rate)
     flags = [
-        *CHROMIUM_FLAGS,
         "--use-fake-device-for-media-stream",
         "--use-fake-ui-for-media-stream",
         f"--use-file-for-fake-audio-capture={speech}%noloop",
         "--autoplay-policy=no-user-gesture-required",
     ]
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=flags)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with _chromium_browser(playwright, flags) as browser:
+        yield browser
 
 
 def test_live_tab_streams_the_microphone_into_video(microphone_browser, server, tmp_path) -> None:

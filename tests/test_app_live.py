@@ -10,28 +10,22 @@ import numpy as np
 import pytest
 import soundfile
 
+from tests.test_app_runner import SMALL as RUNNER_SMALL
 from wan.app.live import ClientGone
-from wan.app.logic import CUSTOM_SIZE, TINY_MODEL_KEY, make_settings
+from wan.app.logic import make_settings
 from wan.app.runner import Runner
 from wan.media import read_video_info
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "case-1"
-SMALL = dict(
-    model=TINY_MODEL_KEY,
-    prompt="A person speaks.",
-    negative_prompt="",
-    preset=CUSTOM_SIZE,
-    width=32,
-    height=32,
-    steps=1,
-    text_guidance=1.0,
-    audio_guidance=2.0,
-    clip_length=13,
-    overlap=1,
-    weighting="uniform",
-    seed=3,
-    memory_mode="model_full_load",
-)
+# the runner tests' settings, with 4-latent-frame windows and one step: several windows stay cheap
+SMALL = {
+    **RUNNER_SMALL,
+    "steps": 1,
+    "text_guidance": 1.0,
+    "audio_guidance": 2.0,
+    "clip_length": 13,
+    "overlap": 1,
+}
 
 
 @pytest.fixture

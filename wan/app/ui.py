@@ -104,23 +104,8 @@ def _on_preset(preset: str) -> tuple:
 
 
 SETTINGS_FIELDS = tuple(inspect.signature(make_settings).parameters)
-# The Generate tab's settings the live tab uses, in the order its event passes them.
-LIVE_FIELDS = (
-    "prompt",
-    "negative_prompt",
-    "model",
-    "preset",
-    "width",
-    "height",
-    "steps",
-    "seed",
-    "text_guidance",
-    "audio_guidance",
-    "clip_length",
-    "overlap",
-    "weighting",
-    "memory_mode",
-)
+# The Generate tab's settings the live tab uses (all but the vocal separation of uploaded audio).
+LIVE_FIELDS = tuple(name for name in SETTINGS_FIELDS if name != "separate_vocals")
 
 
 def build_ui(runner: Runner) -> gr.Blocks:
@@ -412,35 +397,17 @@ def build_ui(runner: Runner) -> gr.Blocks:
         )
         stop.click(cancel, None, summary, cancels=[job], api_visibility="private", concurrency_limit=None)
 
-        live_settings = [prompt, negative_prompt, model, preset, width, height, steps, seed]
-        live_settings += [text_guidance, audio_guidance, clip_length, overlap, weighting, memory_mode]
+        components = locals()  # the page's components, named as make_settings names their values
+        live_settings = [components[name] for name in LIVE_FIELDS]
 
-        def live_chunk(
-            audio,
-            image,
-            prompt,
-            negative_prompt,
-            model,
-            preset,
-            width,
-            height,
-            steps,
-            seed,
-            text_guidance,
-            audio_guidance,
-            clip_length,
-            overlap,
-            weighting,
-            memory_mode,
-            request: gr.Request,
-        ):
+        def live_chunk(request: gr.Request, audio, image, *values):
             """A microphone chunk: (re)start the session's stream if needed, queue the audio, show what is new."""
-            page = locals()  # the Generate tab's values by name, as make_settings takes them
+            page = dict(zip(LIVE_FIELDS, values, strict=True))  # the Generate tab's settings
             session = request.session_hash or ""
             try:
                 live = runner.live.get(session)
                 if live is None or not (live.accepting and live.running):
-                    settings = make_settings(**{name: page[name] for name in LIVE_FIELDS})
+                    settings = make_settings(**page)
                     live = runner.start_live(session, image, settings)
                 if audio is not None:
                     live.push(*audio)
