@@ -13,6 +13,8 @@ from pathlib import Path
 from .errors import UserFacingError
 
 SETTINGS_FILE = "generation_settings.json"
+SAMPLE_RATE = 16000  # Hz: what wav2vec2 takes and every audio path of the project resamples to
+PUBLISHED_FPS = 25  # video frames per second the released models were trained at
 
 # Keyword arguments of StableAvatarPipeline.__call__, as the published inference script sets them.
 PUBLISHED_SETTINGS: dict[str, float | int] = {

@@ -18,6 +18,7 @@ import torch
 from ..cli import parse_dtype
 from ..errors import UserFacingError
 from ..generate import resolve_device
+from ..generation_settings import PUBLISHED_FPS as FPS
 from ..media import load_image
 from ..pipeline.conditioning import DEFAULT_NEGATIVE_PROMPT
 from ..pipeline.memory import MEMORY_MODES, apply_memory_mode
@@ -34,7 +35,6 @@ from .logic import (
     summary_markdown,
 )
 
-FPS = 25  # the released models were trained at 25 fps
 logger = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]  # (done, total, description)
 
@@ -167,7 +167,7 @@ class Runner:
             raise UserFacingError(
                 "vocal separation needs checkpoints/Kim_Vocal_2.onnx and its code; untick it"
             )
-        StableAvatarPipeline._check_settings(
+        StableAvatarPipeline.check_inputs(
             settings.height, settings.width, settings.clip_length, settings.overlap, FPS, "mp4", "-"
         )
         if not image:
@@ -204,10 +204,11 @@ class Runner:
         report(0, 1, f"loading {choice.label}")
         pipeline = self._pipeline(choice, settings.memory_mode)
 
-        def callback(step: int, window: int, steps: int, windows: int) -> None:
+        def on_step_end(pipe: StableAvatarPipeline, step: int, timestep, callback_kwargs: dict) -> dict:
+            report(*progress_fraction(step, pipe.current_window, pipe.num_timesteps, pipe.num_windows))
             if event.is_set():
-                raise Cancelled
-            report(*progress_fraction(step, window, steps, windows))
+                pipe._interrupt = True  # diffusers' way: the pipeline stops at this window step
+            return callback_kwargs
 
         name = f"{time.strftime('%Y%m%d-%H%M%S')}-seed{settings.seed}-{uuid.uuid4().hex[:6]}.mp4"
         with tempfile.TemporaryDirectory(dir=self.output_dir, prefix=".work-") as work:
@@ -233,9 +234,11 @@ class Runner:
                 seed=settings.seed,
                 fps=FPS,
                 output_path=self.output_dir / name,
-                callback=callback,
+                callback_on_step_end=on_step_end,
                 progress=False,
             )
+            if result.interrupted:
+                raise Cancelled
         summary = summary_markdown(
             settings,
             choice.label,

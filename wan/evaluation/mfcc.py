@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.fft import dct
 
-SAMPLE_RATE = 16000
+from ..generation_settings import SAMPLE_RATE
+
 WINDOW_SECONDS = 0.025
 STEP_SECONDS = 0.01
 NUM_CEPSTRA = 13

@@ -9,8 +9,8 @@ import torch
 from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
 from ..errors import MissingFileError
+from ..generation_settings import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 

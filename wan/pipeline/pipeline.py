@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from transformers import (
 )
 
 from ..errors import UserFacingError
+from ..generation_settings import PUBLISHED_FPS, PUBLISHED_SETTINGS, SAMPLE_RATE
 from ..loading.audio_encoder import encode_audio
 from ..media import VideoWriter, load_audio, load_image
 from ..models import StableAvatarTransformer3DModel
@@ -32,7 +33,7 @@ from .conditioning import (
 )
 from .decoding import StreamingDecoder, stream_decode
 from .guidance import build_guidance
-from .sampler import ProgressCallback, SamplingConditions, SlidingWindowSampler
+from .sampler import ProgressCallback, SamplingConditions, SlidingWindowSampler, StepEndCallback
 from .streaming import (
     AudioStream,
     FrameNoise,
@@ -44,8 +45,16 @@ from .streaming import (
 from .windows import Window, latent_frames_for_video, video_frames_for_audio
 from .windows_outer import PREFIX_MODES, SAMPLING_ORDERS, WindowsOuterSampler
 
-SAMPLE_RATE = 16000
 SIZE_MULTIPLE = 16
+OUTPUT_TYPES = {
+    "mp4": "an mp4 with the audio at output_path (frames decoded and written chunk by chunk)",
+    "np": "frames in memory: a float32 array [T, H, W, 3] in [0, 1]",
+    "pt": "frames in memory: a float32 tensor [T, 3, H, W] in [0, 1]",
+    "latent": "the denoised latents [1, 16, L, H/8, W/8], nothing decoded",
+}
+# Called after every window step as callback_on_step_end(pipeline, step_index, timestep, callback_kwargs)
+# (diffusers' convention); returns a dict whose "latents" replace the window's latents.
+StepEndPipelineCallback = Callable[["StableAvatarPipeline", int, torch.Tensor, dict], dict]
 
 
 @dataclass
@@ -58,6 +67,8 @@ class StableAvatarOutput:
     seed: int
     seconds: float
     latents: torch.Tensor | None = None
+    frames: np.ndarray | torch.Tensor | None = None  # output_type 'np' / 'pt'
+    interrupted: bool = False  # stopped by `pipeline.interrupt`; nothing decoded or written
 
 
 class StableAvatarPipeline(DiffusionPipeline):
@@ -69,6 +80,7 @@ class StableAvatarPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->image_encoder->audio_encoder->transformer->vae"
+    _callback_tensor_inputs = ["latents"]
 
     def __init__(
         self,
@@ -92,6 +104,28 @@ class StableAvatarPipeline(DiffusionPipeline):
             audio_encoder=audio_encoder,
             audio_feature_extractor=audio_feature_extractor,
         )
+        self._interrupt = False
+        self._num_timesteps = 0
+        self._current_window = 0
+        self._num_windows = 0
+
+    @property
+    def interrupt(self) -> bool:
+        """Set `pipeline._interrupt = True` (e.g. in `callback_on_step_end`) to stop at the next window step."""
+        return self._interrupt
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def current_window(self) -> int:
+        """Index of the window whose step just ended (in `callback_on_step_end`)."""
+        return self._current_window
+
+    @property
+    def num_windows(self) -> int:
+        return self._num_windows
 
     @torch.no_grad()
     def __call__(
@@ -100,18 +134,18 @@ class StableAvatarPipeline(DiffusionPipeline):
         audio: str | Path | np.ndarray | torch.Tensor,
         prompt: str = "",
         negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
-        height: int = 512,
-        width: int = 512,
-        num_inference_steps: int = 50,
-        text_guidance_scale: float = 3.0,
-        audio_guidance_scale: float = 5.0,
+        height: int = PUBLISHED_SETTINGS["height"],
+        width: int = PUBLISHED_SETTINGS["width"],
+        num_inference_steps: int = PUBLISHED_SETTINGS["num_inference_steps"],
+        text_guidance_scale: float = PUBLISHED_SETTINGS["text_guidance_scale"],
+        audio_guidance_scale: float = PUBLISHED_SETTINGS["audio_guidance_scale"],
         guidance_interval: tuple[float, float] = (0.0, 1.0),
         guidance: str = "published",
-        clip_length: int = 81,
-        overlap: int = 5,
+        clip_length: int = PUBLISHED_SETTINGS["clip_length"],
+        overlap: int = PUBLISHED_SETTINGS["overlap"],
         weighting: str = "uniform",
         seed: int | None = None,
-        fps: int = 25,
+        fps: int = PUBLISHED_FPS,
         audio_sample_rate: int | None = None,
         output_path: str | Path | None = None,
         frames_dir: str | Path | None = None,
@@ -121,6 +155,10 @@ class StableAvatarPipeline(DiffusionPipeline):
         cache_text_image: bool = True,
         sampling_order: str = "steps",
         prefix: str = "renoise",
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        callback_on_step_end: StepEndPipelineCallback | None = None,
+        callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
     ) -> StableAvatarOutput:
         """Generate the video.
 
@@ -144,17 +182,40 @@ class StableAvatarPipeline(DiffusionPipeline):
             output_path: the mp4 to write (written under a temporary name, renamed when complete).
             frames_dir: also save every frame as PNG here.
             callback: called after every window step with (step, window, steps, windows).
-            output_type: 'mp4' (needs output_path) or 'latent' (returns the latents, writes nothing).
+            output_type: 'mp4' (needs output_path), 'np' or 'pt' (frames in memory, for short clips) or
+                'latent' (see OUTPUT_TYPES).
             cache_text_image: compute the text/image keys and values once per video (same result, less work).
             sampling_order: 'steps' (as published: every window at every step) or 'windows' (each window
                 finished before the next, continuing from its last frames; what `stream` runs). The noise
                 of 'windows' is drawn latent frame by latent frame, so the same seed gives another video.
             prefix: with 'windows', how the previous window's last frames condition the next
                 ('renoise', 'condition' or 'both'; see `wan.pipeline.windows_outer`).
+            prompt_embeds, negative_prompt_embeds: `[1, L, text_dim]` umT5 embeddings (unpadded) to use
+                instead of encoding `prompt` / `negative_prompt`.
+            callback_on_step_end: called after every window step as (pipeline, step_index, timestep,
+                {"latents": the window's latents `[1, 16, F, h, w]`}); the "latents" of the dict it returns
+                replace the window's. `pipeline.current_window` / `num_windows` / `num_timesteps` say where
+                it is; setting `pipeline._interrupt = True` stops the generation (nothing is decoded or
+                written; the output has `interrupted=True`).
+            callback_on_step_end_tensor_inputs: the tensors passed in `callback_kwargs` (only "latents").
         """
         started = time.monotonic()
-        self._check_settings(height, width, clip_length, overlap, fps, output_type, output_path)
-        self._check_order(sampling_order, prefix)
+        self.check_inputs(
+            height,
+            width,
+            clip_length,
+            overlap,
+            fps,
+            output_type,
+            output_path,
+            sampling_order,
+            prefix,
+            prompt_embeds,
+            negative_prompt_embeds,
+            callback_on_step_end_tensor_inputs,
+        )
+        self._interrupt = False
+        self._num_timesteps = num_inference_steps
         reference = load_image(image)
         waveform = load_audio(audio, SAMPLE_RATE, audio_sample_rate)
         num_frames = video_frames_for_audio(len(waveform), fps)
@@ -178,7 +239,14 @@ class StableAvatarPipeline(DiffusionPipeline):
             noise = torch.randn(latent_shape, generator=generator, dtype=torch.float32)
 
         conditions = self._conditions(
-            reference, prompt, negative_prompt, width, height, min(window_length, num_latent_frames)
+            reference,
+            prompt,
+            negative_prompt,
+            width,
+            height,
+            min(window_length, num_latent_frames),
+            prompt_embeds,
+            negative_prompt_embeds,
         )
         sampler = (WindowsOuterSampler if sampling_order == "windows" else SlidingWindowSampler)(
             self.transformer,
@@ -196,6 +264,7 @@ class StableAvatarPipeline(DiffusionPipeline):
             cache_text_image=cache_text_image,
             **({"prefix": prefix} if sampling_order == "windows" else {}),
         )
+        num_windows = self._num_windows = len(sampler.plan(num_latent_frames))
         latents = sampler(
             noise,
             conditions,
@@ -203,11 +272,25 @@ class StableAvatarPipeline(DiffusionPipeline):
             num_inference_steps,
             callback=callback,
             progress=progress,
+            step_end=self._step_end(callback_on_step_end, callback_on_step_end_tensor_inputs),
+            interrupted=lambda: self._interrupt,
         )
-        num_windows = len(sampler.plan(num_latent_frames))
-        if output_type == "latent":
+        if self._interrupt or output_type in ("latent", "np", "pt"):
+            frames = None
+            if output_type in ("np", "pt") and not self._interrupt:
+                video = torch.cat(list(stream_decode(self.vae, latents)), dim=2)[0, :, :num_frames]
+                frames = ((video + 1.0) / 2.0).permute(1, 0, 2, 3)  # [T, 3, H, W] in [0, 1]
+                frames = frames.permute(0, 2, 3, 1).numpy() if output_type == "np" else frames
+            self.maybe_free_model_hooks()
             return StableAvatarOutput(
-                None, num_frames, num_windows, seed, time.monotonic() - started, latents
+                None,
+                num_frames,
+                num_windows,
+                seed,
+                time.monotonic() - started,
+                latents if output_type == "latent" else None,
+                frames,
+                self._interrupt,
             )
 
         output_path = Path(output_path)
@@ -220,7 +303,23 @@ class StableAvatarPipeline(DiffusionPipeline):
                 frames = chunk[0, :, :remaining].permute(1, 2, 3, 0)  # [T, H, W, 3]
                 writer.write(frames, value_range=(-1.0, 1.0))
                 remaining -= frames.shape[0]
+        self.maybe_free_model_hooks()
         return StableAvatarOutput(output_path, num_frames, num_windows, seed, time.monotonic() - started)
+
+    def _step_end(
+        self, callback: StepEndPipelineCallback | None, tensor_inputs: tuple[str, ...]
+    ) -> StepEndCallback | None:
+        """The sampler's per-window-step hook that runs `callback_on_step_end` diffusers' way."""
+        if callback is None:
+            return None
+
+        def step_end(step_index: int, window_index: int, timestep: torch.Tensor, latents: torch.Tensor):
+            self._current_window = window_index
+            callback_kwargs = {"latents": latents} if "latents" in tensor_inputs else {}
+            outputs = callback(self, step_index, timestep, callback_kwargs) or {}
+            return outputs.get("latents")
+
+        return step_end
 
     @torch.no_grad()
     def stream(
@@ -229,17 +328,17 @@ class StableAvatarPipeline(DiffusionPipeline):
         audio: Iterable[np.ndarray | torch.Tensor],
         prompt: str = "",
         negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
-        height: int = 512,
-        width: int = 512,
-        num_inference_steps: int = 50,
-        text_guidance_scale: float = 3.0,
-        audio_guidance_scale: float = 5.0,
+        height: int = PUBLISHED_SETTINGS["height"],
+        width: int = PUBLISHED_SETTINGS["width"],
+        num_inference_steps: int = PUBLISHED_SETTINGS["num_inference_steps"],
+        text_guidance_scale: float = PUBLISHED_SETTINGS["text_guidance_scale"],
+        audio_guidance_scale: float = PUBLISHED_SETTINGS["audio_guidance_scale"],
         guidance_interval: tuple[float, float] = (0.0, 1.0),
         guidance: str = "published",
-        clip_length: int = 81,
-        overlap: int = 5,
+        clip_length: int = PUBLISHED_SETTINGS["clip_length"],
+        overlap: int = PUBLISHED_SETTINGS["overlap"],
         seed: int | None = None,
-        fps: int = 25,
+        fps: int = PUBLISHED_FPS,
         prefix: str = "renoise",
         callback: ProgressCallback | None = None,
         cache_text_image: bool = True,
@@ -261,8 +360,7 @@ class StableAvatarPipeline(DiffusionPipeline):
             `StreamedFrames`: each window's new frames `[T, H, W, 3]` in [-1, 1] with their audio and the
             latency since the first audio sample arrived. The last one ends the video at the audio's length.
         """
-        self._check_settings(height, width, clip_length, overlap, fps, "latent", None)
-        self._check_order("windows", prefix)
+        self.check_inputs(height, width, clip_length, overlap, fps, "latent", None, "windows", prefix)
         device = self._execution_device
         window_length = (clip_length - 1) // 4 + 1
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if seed is None else int(seed)
@@ -320,14 +418,27 @@ class StableAvatarPipeline(DiffusionPipeline):
             decoder.close()
 
     def _conditions(
-        self, reference: Image.Image, prompt: str, negative_prompt: str, width: int, height: int, frames: int
+        self,
+        reference: Image.Image,
+        prompt: str,
+        negative_prompt: str,
+        width: int,
+        height: int,
+        frames: int,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
     ) -> SamplingConditions:
-        """Prompt, negative prompt, CLIP tokens and a `frames`-long window condition of the reference."""
+        """Prompt, negative prompt (unless given as embeddings), CLIP tokens and a `frames`-long window
+        condition of the reference."""
         device = self._execution_device
         pixels = image_to_tensor(reference, width, height)
+        if prompt_embeds is None:
+            prompt_embeds = encode_prompt(self.tokenizer, self.text_encoder, prompt, device)
+        if negative_prompt_embeds is None:
+            negative_prompt_embeds = encode_prompt(self.tokenizer, self.text_encoder, negative_prompt, device)
         return SamplingConditions(
-            prompt_embeds=encode_prompt(self.tokenizer, self.text_encoder, prompt, device),
-            negative_prompt_embeds=encode_prompt(self.tokenizer, self.text_encoder, negative_prompt, device),
+            prompt_embeds=prompt_embeds.float().cpu(),
+            negative_prompt_embeds=negative_prompt_embeds.float().cpu(),
             image_embeds=encode_image(self.image_encoder, pixels),
             condition=encode_window_condition(self.vae, pixels, frames),
         )
@@ -338,18 +449,21 @@ class StableAvatarPipeline(DiffusionPipeline):
         return encode_audio(self.audio_encoder, self.audio_feature_extractor, chunk)
 
     @staticmethod
-    def _check_order(sampling_order: str, prefix: str) -> None:
-        if sampling_order not in SAMPLING_ORDERS:
-            raise UserFacingError(
-                f"unknown sampling order {sampling_order!r}; choose one of {', '.join(SAMPLING_ORDERS)}"
-            )
-        if prefix not in PREFIX_MODES:
-            raise UserFacingError(f"unknown prefix mode {prefix!r}; choose one of {', '.join(PREFIX_MODES)}")
-
-    @staticmethod
-    def _check_settings(
-        height: int, width: int, clip_length: int, overlap: int, fps: int, output_type: str, output_path
+    def check_inputs(
+        height: int,
+        width: int,
+        clip_length: int,
+        overlap: int,
+        fps: int,
+        output_type: str = "mp4",
+        output_path: str | Path | None = None,
+        sampling_order: str = "steps",
+        prefix: str = "renoise",
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
     ) -> None:
+        """Raise a `UserFacingError` saying what to change when a setting cannot work (before any encoding)."""
         if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE or height <= 0 or width <= 0:
             raise UserFacingError(
                 f"width and height must be positive multiples of {SIZE_MULTIPLE}, got {width}x{height}; "
@@ -364,7 +478,26 @@ class StableAvatarPipeline(DiffusionPipeline):
             )
         if SAMPLE_RATE % fps:
             raise UserFacingError(f"fps must divide {SAMPLE_RATE} (e.g. 25), got {fps}")
-        if output_type not in ("mp4", "latent"):
-            raise UserFacingError(f"output_type must be 'mp4' or 'latent', got {output_type!r}")
+        if output_type not in OUTPUT_TYPES:
+            raise UserFacingError(
+                f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}"
+            )
         if output_type == "mp4" and output_path is None:
-            raise UserFacingError("pass output_path for an mp4 (or output_type='latent')")
+            raise UserFacingError("pass output_path for an mp4 (or output_type 'np', 'pt' or 'latent')")
+        if sampling_order not in SAMPLING_ORDERS:
+            raise UserFacingError(
+                f"unknown sampling order {sampling_order!r}; choose one of {', '.join(SAMPLING_ORDERS)}"
+            )
+        if prefix not in PREFIX_MODES:
+            raise UserFacingError(f"unknown prefix mode {prefix!r}; choose one of {', '.join(PREFIX_MODES)}")
+        for name, embeds in (
+            ("prompt_embeds", prompt_embeds),
+            ("negative_prompt_embeds", negative_prompt_embeds),
+        ):
+            if embeds is not None and (embeds.ndim != 3 or embeds.shape[0] != 1):
+                raise UserFacingError(f"{name} must be [1, L, text_dim], got {list(embeds.shape)}")
+        unknown = sorted(set(callback_on_step_end_tensor_inputs) - {"latents"})
+        if unknown:
+            raise UserFacingError(
+                f"callback_on_step_end_tensor_inputs can only hold 'latents', got {unknown}"
+            )

@@ -21,6 +21,9 @@ from .windows import Window, blend_weights, plan_windows
 
 # Called after every window step as callback(step_index, window_index, num_steps, num_windows).
 ProgressCallback = Callable[[int, int, int, int], None]
+# Called after every window's solver step as step_end(step_index, window_index, timestep, latents) with the
+# window's latents `[1, 16, F, h, w]` (before the overlap blending); returns replacement latents or None.
+StepEndCallback = Callable[[int, int, torch.Tensor, torch.Tensor], torch.Tensor | None]
 
 
 @dataclass
@@ -89,6 +92,8 @@ class SlidingWindowSampler:
         num_inference_steps: int = 50,
         callback: ProgressCallback | None = None,
         progress: bool = True,
+        step_end: StepEndCallback | None = None,
+        interrupted: Callable[[], bool] | None = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -96,8 +101,11 @@ class SlidingWindowSampler:
             window_audio: gives a window's wav2vec2 features `[1, Na, 768]`; called once per window and
                 cached, because the audio does not change between steps.
             callback: progress after each window step.
+            step_end: sees (and may replace) each window's latents after its solver step.
+            interrupted: asked after every window step; True stops sampling there.
         Returns:
-            `[1, 16, L, h, w]` float32 denoised latents on the CPU.
+            `[1, 16, L, h, w]` float32 denoised latents on the CPU (when interrupted: those of the last
+            completed step).
         """
         state = noise.detach().to("cpu", torch.float32).clone()
         windows = self.plan(state.shape[2])
@@ -135,6 +143,9 @@ class SlidingWindowSampler:
                 latents = window_schedulers[window_index].step(
                     prediction, timestep, latents, return_dict=False
                 )[0]
+                if step_end is not None:
+                    replaced = step_end(step_index, window_index, timestep, latents)
+                    latents = latents if replaced is None else replaced
                 latents = latents.to("cpu", torch.float32)
                 if window.overlap and step_index > 0:
                     weights = blend_weights(window.overlap, self.weighting).view(1, 1, -1, 1, 1)
@@ -146,6 +157,9 @@ class SlidingWindowSampler:
                 bar.update()
                 if callback is not None:
                     callback(step_index, window_index, len(timesteps), len(windows))
+                if interrupted is not None and interrupted():
+                    bar.close()
+                    return state
             state = fused
         bar.close()
         return state

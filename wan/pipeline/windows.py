@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..generation_settings import PUBLISHED_FPS, SAMPLE_RATE
+
 WEIGHTING_SCHEMES = ("uniform", "log")
 
 
@@ -70,7 +72,7 @@ def window_audio_span(window: Window, samples_per_frame: int) -> tuple[int, int]
     return window.start * 4 * samples_per_frame, window.length * 4 * samples_per_frame
 
 
-def video_frames_for_audio(num_samples: int, fps: int = 25, sample_rate: int = 16000) -> int:
+def video_frames_for_audio(num_samples: int, fps: int = PUBLISHED_FPS, sample_rate: int = SAMPLE_RATE) -> int:
     """Whole video frames the audio spans: floor(samples / (sample_rate / fps))."""
     return num_samples // (sample_rate // fps)
 

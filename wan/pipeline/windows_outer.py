@@ -19,6 +19,7 @@ How the known prefix reaches the next window (`prefix`):
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 
 import torch
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..models import CrossAttentionCache
 from .guidance import GuidanceInputs, transformer_forward
-from .sampler import ProgressCallback, SamplingConditions, SlidingWindowSampler
+from .sampler import ProgressCallback, SamplingConditions, SlidingWindowSampler, StepEndCallback
 from .windows import Window
 
 PREFIX_MODES = ("renoise", "condition", "both")
@@ -67,11 +68,14 @@ class WindowsOuterSampler(SlidingWindowSampler):
         num_inference_steps: int = 50,
         callback: ProgressCallback | None = None,
         progress: bool = True,
+        step_end: StepEndCallback | None = None,
+        interrupted: Callable[[], bool] | None = None,
     ) -> torch.Tensor:
         """The whole video at once, window after window (same arguments and result as `SlidingWindowSampler`).
 
         Returns:
-            `[1, 16, L, h, w]` float32 latents on the CPU.
+            `[1, 16, L, h, w]` float32 latents on the CPU (when interrupted: with the windows not yet
+            finished left as noise).
         """
         noise = noise.detach().to("cpu", torch.float32)
         state = noise.clone()
@@ -98,7 +102,11 @@ class WindowsOuterSampler(SlidingWindowSampler):
                 known,
                 num_inference_steps,
                 report,
+                None if step_end is None else functools.partial(self._window_step_end, step_end, index),
+                interrupted,
             )
+            if interrupted is not None and interrupted():
+                break
         bar.close()
         return state
 
@@ -112,6 +120,8 @@ class WindowsOuterSampler(SlidingWindowSampler):
         known: torch.Tensor | None,
         num_inference_steps: int,
         callback: Callable[[int, int], None] | None = None,
+        step_end: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
+        interrupted: Callable[[], bool] | None = None,
     ) -> torch.Tensor:
         """Denoise one window from its noise to the end.
 
@@ -121,6 +131,9 @@ class WindowsOuterSampler(SlidingWindowSampler):
             known: `[1, 16, window.overlap, h, w]` the previous window's clean latents of the overlap frames,
                 or None for a window without predecessor.
             callback: called after every step as callback(step_index, num_steps).
+            step_end: step_end(step_index, timestep, latents) after every solver step; may return
+                replacement latents.
+            interrupted: asked after every step; True stops the window there.
         Returns:
             `[1, 16, F, h, w]` float32 clean latents on the CPU; the first `window.overlap` frames are the
             known prefix unchanged.
@@ -156,12 +169,27 @@ class WindowsOuterSampler(SlidingWindowSampler):
             with self._cache_context(name):
                 prediction = self.guidance.predict(forward, inputs, guided)
             latents = scheduler.step(prediction, timestep, latents.to(self.device), return_dict=False)[0]
+            if step_end is not None:
+                replaced = step_end(step_index, timestep, latents)
+                latents = latents if replaced is None else replaced
             latents = latents.to("cpu", torch.float32)
             if callback is not None:
                 callback(step_index, num_inference_steps)
+            if interrupted is not None and interrupted():
+                break
         if overlap:
             latents[:, :, :overlap] = known
         return latents
+
+    @staticmethod
+    def _window_step_end(
+        step_end: StepEndCallback,
+        window_index: int,
+        step_index: int,
+        timestep: torch.Tensor,
+        latents: torch.Tensor,
+    ) -> torch.Tensor | None:
+        return step_end(step_index, window_index, timestep, latents)
 
     def _window_conditions(
         self, conditions: SamplingConditions, window: Window, known: torch.Tensor | None

@@ -24,9 +24,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import MissingFileError, UserFacingError
+from ..generation_settings import SAMPLE_RATE
 from ..media import load_audio
 
-SAMPLE_RATE = 16000
 # The prompt each category of clip trains with, found from the folder path (as the published trainer does).
 CATEGORY_PROMPTS = {
     "singing": "The protagonist is singing",

@@ -18,9 +18,9 @@ import numpy as np
 import soundfile as sf
 from PIL import Image, ImageDraw
 
+from ..generation_settings import SAMPLE_RATE
 from ..media import VideoWriter, load_audio
 
-SAMPLE_RATE = 16000
 SENTENCES = [
     "Hello, how are you doing today?",
     "The quick brown fox jumps over the lazy dog.",
