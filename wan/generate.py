@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 
-from .cli import parse_dtype
 from .errors import UserFacingError
 from .generation_settings import recommended_settings
 from .loading.lora import load_lora
@@ -18,9 +17,10 @@ from .loading.transformer import load_transformer_weights
 from .media import FragmentedVideoWriter
 from .models.fsdp import shard_transformer
 from .pipeline.conditioning import DEFAULT_NEGATIVE_PROMPT
-from .pipeline.memory import MEMORY_MODES, QUANTIZATIONS, apply_memory_mode, quantize_transformer
+from .pipeline.memory import MEMORY_MODES, QUANTIZATIONS
 from .pipeline.pipeline import StableAvatarPipeline
-from .pipeline.solvers import SOLVERS, build_scheduler, enable_step_cache
+from .pipeline.runtime import RuntimeOptions, configure_pipeline
+from .pipeline.solvers import SOLVERS
 from .pipeline.streaming import file_chunks, pcm_chunks
 from .pipeline.windows import WEIGHTING_SCHEMES
 from .pipeline.windows_outer import PREFIX_MODES, SAMPLING_ORDERS
@@ -277,13 +277,19 @@ def check_parallel_degrees(args: argparse.Namespace) -> None:
             )
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserFacingError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    return device
+def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
+    """The runtime flags as `RuntimeOptions` (applied by `configure_pipeline`, as the app and benchmarks do)."""
+    return RuntimeOptions(
+        device=args.device,
+        dtype=args.dtype,
+        memory_mode=args.GPU_memory_mode,
+        solver=args.sample_solver,
+        shift=args.sample_shift,
+        step_cache_threshold=args.teacache_threshold if args.enable_teacache else None,
+        attention_backend=args.attention_backend,
+        quantize=args.quantize,
+        compile=args.compile,
+    )
 
 
 def init_distributed(device: torch.device) -> tuple[torch.device, bool]:
@@ -373,33 +379,15 @@ def main(argv: list[str] | None = None) -> int:
     ):
         if not path.is_file():
             raise UserFacingError(f"input file not found: {path}")
-    device = resolve_device(args.device)
+    options = runtime_options(args)
+    device = options.torch_device()
     is_main = True
     if parallel_mode or args.fsdp_dit:
         device, is_main = init_distributed(device)
         check_parallel_degrees(args)
-    dtype = (
-        parse_dtype(args.dtype)
-        if args.dtype
-        else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    )
-    pipeline = load_pipeline(args, dtype)
+    pipeline = load_pipeline(args, options.compute_dtype(device))
     fill_model_defaults(args)
-    shift = (
-        args.sample_shift
-        if args.sample_shift is not None
-        else pipeline.scheduler.config.get("shift", pipeline.scheduler.config.get("flow_shift", 5.0))
-    )
-    pipeline.scheduler = build_scheduler(args.sample_solver, shift)
-    if args.attention_backend:
-        pipeline.transformer.set_attention_backend(args.attention_backend)
-    if args.enable_teacache:
-        enable_step_cache(pipeline.transformer, args.teacache_threshold)
-    if args.quantize:
-        quantize_transformer(pipeline.transformer, args.quantize)
-    if args.compile:
-        pipeline.transformer.compile_repeated_blocks(fullgraph=False)
-    apply_memory_mode(pipeline, args.GPU_memory_mode, device, dtype)
+    configure_pipeline(pipeline, options, device)
     if parallel_mode:
         try:
             pipeline.transformer.enable_sequence_parallel(mode=parallel_mode)

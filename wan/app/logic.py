@@ -209,6 +209,8 @@ class Settings:
     seed: int
     memory_mode: str
     separate_vocals: bool = False
+    solver: str = "euler"
+    step_cache: float | None = None  # first-block step-cache threshold; None: off
 
 
 def check_number(name: str, value: float | None, low: float, high: float, whole: bool = False) -> float:
@@ -236,6 +238,8 @@ def make_settings(
     seed: float | None,
     memory_mode: str,
     separate_vocals: bool = False,
+    solver: str = "euler",
+    step_cache: float | None = 0.0,
 ) -> Settings:
     """Check the page's values and resolve the size and seed. Clip length and overlap are checked in
     full by the pipeline (before any model is loaded)."""
@@ -255,6 +259,8 @@ def make_settings(
         seed=resolve_seed(seed),
         memory_mode=memory_mode,
         separate_vocals=bool(separate_vocals),
+        solver=solver,
+        step_cache=check_number("step cache", step_cache or 0.0, 0, 1) or None,  # 0: off
     )
 
 
@@ -308,6 +314,8 @@ def summary_markdown(
         "overlap",
         "weighting",
         "memory_mode",
+        "solver",
+        "step_cache",
         "separate_vocals",
         "prompt",
         "negative_prompt",

@@ -10,19 +10,19 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from ..cli import parse_dtype
 from ..errors import UserFacingError
-from ..generate import resolve_device
 from ..generation_settings import PUBLISHED_FPS as FPS
 from ..media import load_image
 from ..pipeline.conditioning import DEFAULT_NEGATIVE_PROMPT
-from ..pipeline.memory import MEMORY_MODES, apply_memory_mode
+from ..pipeline.memory import MEMORY_MODES
 from ..pipeline.pipeline import StableAvatarPipeline
+from ..pipeline.runtime import RuntimeOptions, configure_pipeline
+from ..pipeline.solvers import SOLVERS
 from ..pipeline.windows import WEIGHTING_SCHEMES
 from .live import LiveSession, LiveSessions
 from .logic import (
@@ -85,10 +85,9 @@ class Runner:
     ) -> None:
         self.output_dir = Path(output_dir).resolve()
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.device = resolve_device(device)
-        self.dtype = (
-            parse_dtype(dtype) if dtype else (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
-        )
+        self.options = RuntimeOptions(device=device, dtype=dtype)
+        self.device = self.options.torch_device()
+        self.dtype = self.options.compute_dtype(self.device)
         self.models = discover_models(checkpoints_dir)
         self.separation_model = separation_model(checkpoints_dir)
         self._loader = loader
@@ -163,6 +162,8 @@ class Runner:
             raise UserFacingError(
                 f"unknown weighting {settings.weighting!r}; choose one of {', '.join(WEIGHTING_SCHEMES)}"
             )
+        if settings.solver not in SOLVERS:
+            raise UserFacingError(f"unknown solver {settings.solver!r}; choose one of {', '.join(SOLVERS)}")
         if settings.separate_vocals and self.separation_model is None:
             raise UserFacingError(
                 "vocal separation needs checkpoints/Kim_Vocal_2.onnx and its code; untick it"
@@ -177,17 +178,24 @@ class Runner:
             raise UserFacingError("the audio upload is missing; upload it again")
         return choice
 
-    def _pipeline(self, choice: ModelChoice, memory_mode: str) -> StableAvatarPipeline:
-        key = (choice.key, memory_mode)
-        if self._loaded is not None and self._loaded[0] == key:
-            return self._loaded[1]
-        self._loaded = None  # free the previous model before loading the next
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        pipeline = self._loader(choice, self.dtype)
-        apply_memory_mode(pipeline, memory_mode, self.device, self.dtype)
-        self._loaded = (key, pipeline)
+    def _pipeline(self, choice: ModelChoice, settings: Settings) -> StableAvatarPipeline:
+        """The model of `choice`, loaded once per (model, memory mode), configured for this run's solver and
+        step cache (the same `configure_pipeline` as the command line)."""
+        options = replace(
+            self.options,
+            memory_mode=settings.memory_mode,
+            solver=settings.solver,
+            step_cache_threshold=settings.step_cache,
+        )
+        key = (choice.key, settings.memory_mode)
+        if self._loaded is None or self._loaded[0] != key:
+            self._loaded = None  # free the previous model before loading the next
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            self._loaded = (key, self._loader(choice, self.dtype))
+        pipeline = self._loaded[1]
+        configure_pipeline(pipeline, options, self.device)
         return pipeline
 
     def _generate(
@@ -202,7 +210,7 @@ class Runner:
         if event.is_set():
             raise Cancelled
         report(0, 1, f"loading {choice.label}")
-        pipeline = self._pipeline(choice, settings.memory_mode)
+        pipeline = self._pipeline(choice, settings)
 
         def on_step_end(pipe: StableAvatarPipeline, step: int, timestep, callback_kwargs: dict) -> dict:
             report(*progress_fraction(step, pipe.current_window, pipe.num_timesteps, pipe.num_windows))

@@ -15,6 +15,7 @@ from ..errors import UserFacingError
 from ..media import load_image
 from ..pipeline.conditioning import DEFAULT_NEGATIVE_PROMPT
 from ..pipeline.memory import MEMORY_MODES
+from ..pipeline.solvers import SOLVERS
 from ..pipeline.windows import WEIGHTING_SCHEMES
 from .logic import (
     AUDIO_FROM_AUDIO,
@@ -241,6 +242,20 @@ def build_ui(runner: Runner) -> gr.Blocks:
                             label="Overlap weighting",
                             elem_id="weighting",
                         )
+                    with gr.Row():
+                        solver = gr.Radio(
+                            list(SOLVERS),
+                            value="euler",
+                            label="Solver",
+                            elem_id="solver",
+                            info="; ".join(f"{k}: {v}" for k, v in SOLVERS.items()),
+                        )
+                        step_cache = gr.Number(
+                            0.0,
+                            label="Step cache threshold (0: off)",
+                            elem_id="step-cache",
+                            info="skip DiT blocks on steps whose first block barely changes (e.g. 0.1)",
+                        )
                     memory_mode = gr.Dropdown(
                         list(MEMORY_MODES),
                         value="model_full_load",
@@ -343,6 +358,8 @@ def build_ui(runner: Runner) -> gr.Blocks:
             overlap,
             weighting,
             memory_mode,
+            solver,
+            step_cache,
             request: gr.Request,
             progress=gr.Progress(),  # noqa: B008 (Gradio's idiom)
         ):
@@ -389,6 +406,8 @@ def build_ui(runner: Runner) -> gr.Blocks:
                 overlap,
                 weighting,
                 memory_mode,
+                solver,
+                step_cache,
             ],
             [result, summary],
             api_name="generate",
