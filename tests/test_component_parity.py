@@ -23,22 +23,25 @@ from transformers import (
 
 from tests.reference import formula_state_dict, load_json, load_tensors, relative_error
 from wan.errors import CheckpointError, MissingFileError
-from wan.loading.audio_encoder import encode_audio, load_wav2vec2
+from wan.loading.audio_encoder import load_wav2vec2
 from wan.loading.image_encoder import (
     _clip_source,
     _ignored,
     clip_vision_config,
-    encode_reference_image,
     load_clip_vision_encoder,
 )
 from wan.loading.state_dict import convert_state_dict
 from wan.loading.text_encoder import _t5_source, load_umt5_encoder, umt5_config
 from wan.loading.vae import (
     _vae_source_name,
-    decode_normalised_latents,
-    encode_to_normalised_latents,
     load_wan_vae,
     wan_vae_config,
+)
+from wan.pipeline.encoders import (
+    decode_normalised_latents,
+    encode_audio,
+    encode_image,
+    encode_to_normalised_latents,
 )
 
 TOLERANCE = 1e-4
@@ -100,7 +103,7 @@ def test_clip_matches_reference_and_skips_text_tower():
     state_dict["log_scale"] = torch.zeros(())
     model = load_clip_vision_encoder(state_dict, clip_vision_config(case["config"]))
     image = _tensors()["clip.image"]  # [1, 3, 1, H, W]: one frame
-    features = encode_reference_image(model, image[:, :, 0])
+    features = encode_image(model, image[:, :, 0])
     expected = _tensors()["clip.out"]
     assert features.shape == expected.shape
     assert relative_error(features, expected) <= TOLERANCE

@@ -6,8 +6,8 @@ import torch
 from diffusers import AutoencoderKLWan
 
 from tests.reference import relative_error
-from wan.loading.vae import decode_normalised_latents
 from wan.pipeline.decoding import stream_decode
+from wan.pipeline.encoders import decode_normalised_latents
 
 
 def test_stream_decode_matches_whole_video_decode() -> None:

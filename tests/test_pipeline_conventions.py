@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from wan.errors import UserFacingError
-from wan.pipeline.conditioning import encode_prompt
+from wan.pipeline.encoders import encode_prompt
 from wan.pipeline.pipeline import StableAvatarPipeline
 from wan.pipeline.tiny import build_tiny_pipeline
 

@@ -8,9 +8,9 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
 from tests.reference import formula_state_dict, load_json, load_tensors, relative_error
-from wan.loading.audio_encoder import encode_audio
 from wan.loading.transformer import convert_reference_state_dict, load_converted_state_dict
 from wan.models import StableAvatarTransformer3DModel, config_from_reference
+from wan.pipeline.encoders import encode_audio
 from wan.pipeline.guidance import PublishedGuidance
 from wan.pipeline.sampler import SamplingConditions, SlidingWindowSampler
 from wan.pipeline.windows import Window, window_audio_span

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from wan.errors import UserFacingError
-from wan.loading.audio_encoder import encode_audio
 from wan.pipeline.decoding import stream_decode
+from wan.pipeline.encoders import encode_audio
 from wan.pipeline.guidance import PublishedGuidance
 from wan.pipeline.pipeline import StableAvatarPipeline
 from wan.pipeline.sampler import SamplingConditions, SlidingWindowSampler

@@ -1,5 +1,5 @@
 """The open-clip ViT-H/14 vision tower (`models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth`, keys
-`visual.*`) as `transformers.CLIPVisionModel`, and Wan's reference-image encoding with it.
+`visual.*`) as `transformers.CLIPVisionModel` (the encoding itself: `wan.pipeline.encoders.encode_image`).
 
 Both towers compute patch conv (no bias) + class token + learned positions, then the pre-norm (`ln_pre`,
 HF `pre_layrnorm`), then pre-norm blocks with biased q/k/v, 1/sqrt(head_dim) attention and a GELU MLP.
@@ -14,13 +14,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from .state_dict import Source, StateDictOrPath, load_converted
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 RELEASED_CLIP_REFERENCE_CONFIG: dict[str, Any] = {
     "image_size": 224,
     "patch_size": 14,
@@ -119,23 +116,3 @@ def load_clip_vision_encoder(
         dtype=dtype,
         what="CLIP vision tower",
     )
-
-
-@torch.no_grad()
-def encode_reference_image(image_encoder: CLIPVisionModel, frames: torch.Tensor) -> torch.Tensor:
-    """Wan's CLIP features of images `frames` [B, 3, H, W] in [-1, 1] -> [B, 1 + patches, dim].
-
-    Bicubic resize (no antialias) to the model's square size, [-1, 1] -> [0, 1], CLIP mean/std, then the
-    hidden state after all blocks but the last, without the final norm (released: [B, 257, 1280]).
-    """
-    parameter = next(image_encoder.parameters())
-    size = image_encoder.config.image_size
-    pixels = F.interpolate(frames, size=(size, size), mode="bicubic", align_corners=False)
-    mean = torch.tensor(CLIP_MEAN, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
-    pixels = (pixels * 0.5 + 0.5 - mean) / std
-    outputs = image_encoder(
-        pixel_values=pixels.to(parameter.device, parameter.dtype), output_hidden_states=True
-    )
-    # hidden_states = (embeddings after the pre-norm, block 1, ..., block N): [-2] is block N - 1.
-    return outputs.hidden_states[-2]

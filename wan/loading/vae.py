@@ -152,33 +152,3 @@ def load_wan_vae(
         dtype=dtype,
         what="Wan VAE",
     )
-
-
-def _latent_stats(vae: AutoencoderKLWan, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std shaped [1, z_dim, 1, 1, 1], on `like`'s device and dtype."""
-    shape = (1, -1, 1, 1, 1)
-    mean = torch.tensor(vae.config.latents_mean, dtype=like.dtype, device=like.device).view(shape)
-    std = torch.tensor(vae.config.latents_std, dtype=like.dtype, device=like.device).view(shape)
-    return mean, std
-
-
-@torch.no_grad()
-def encode_to_normalised_latents(vae: AutoencoderKLWan, video: torch.Tensor) -> torch.Tensor:
-    """Posterior mean of `video` [B, 3, T, H, W] in [-1, 1], normalised per channel as (mu - mean) / std.
-
-    Returns [B, z_dim, 1 + (T - 1) // 4, H / 8, W / 8] (released VAE), in the VAE's dtype.
-    """
-    parameter = next(vae.parameters())
-    mu = vae.encode(video.to(parameter.device, parameter.dtype)).latent_dist.mode()
-    mean, std = _latent_stats(vae, mu)
-    return (mu - mean) / std
-
-
-@torch.no_grad()
-def decode_normalised_latents(vae: AutoencoderKLWan, latents: torch.Tensor) -> torch.Tensor:
-    """Inverse of `encode_to_normalised_latents`: latents [B, z_dim, F, h, w] -> video [B, 3, 1 + 4(F - 1),
-    8h, 8w] clamped to [-1, 1] (released VAE)."""
-    parameter = next(vae.parameters())
-    latents = latents.to(parameter.device, parameter.dtype)
-    mean, std = _latent_stats(vae, latents)
-    return vae.decode(latents * std + mean).sample.clamp(-1.0, 1.0)

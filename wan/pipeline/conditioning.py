@@ -6,10 +6,8 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKLWan
 from PIL import Image
-from transformers import CLIPVisionModel, PreTrainedTokenizerBase, UMT5EncoderModel
 
-from ..loading.image_encoder import encode_reference_image
-from ..loading.vae import encode_to_normalised_latents
+from .encoders import encode_to_normalised_latents
 
 # The negative prompt the published code uses (Wan's default; it is Chinese and lists unwanted traits:
 # garish colours, overexposure, static, blurry details, subtitles, low quality, JPEG artefacts, deformed
@@ -19,7 +17,6 @@ DEFAULT_NEGATIVE_PROMPT = (
     "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，"
     "杂乱的背景，三条腿，背景人很多，倒着走"
 )
-MAX_TEXT_TOKENS = 512
 
 
 def image_to_tensor(image: Image.Image, width: int, height: int) -> torch.Tensor:
@@ -27,29 +24,6 @@ def image_to_tensor(image: Image.Image, width: int, height: int) -> torch.Tensor
     resized = image.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
     pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32).copy()).permute(2, 0, 1)
     return (pixels / 255.0 - 0.5).mul(2.0).unsqueeze(0)
-
-
-@torch.no_grad()
-def encode_prompt(
-    tokenizer: PreTrainedTokenizerBase,
-    text_encoder: UMT5EncoderModel,
-    prompt: str,
-    device: torch.device | str,
-) -> torch.Tensor:
-    """umT5 embeddings `[1, L, dim]` of the prompt's real tokens (padding cut off; the DiT zero-pads to 512)."""
-    tokens = tokenizer(
-        [prompt],
-        padding="max_length",
-        max_length=MAX_TEXT_TOKENS,
-        truncation=True,
-        add_special_tokens=True,
-        return_tensors="pt",
-    )
-    length = int(tokens.attention_mask.sum())
-    hidden = text_encoder(
-        tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device)
-    ).last_hidden_state
-    return hidden[:, :length].float().cpu()
 
 
 def first_frame_mask(window_length: int, height: int, width: int) -> torch.Tensor:
@@ -72,9 +46,3 @@ def encode_window_condition(vae: AutoencoderKLWan, image: torch.Tensor, window_l
     video[:, :, 0] = image[:, :, :]
     latents = encode_to_normalised_latents(vae, video).float().cpu()
     return torch.cat([first_frame_mask(window_length, *latents.shape[-2:]), latents], dim=1)
-
-
-@torch.no_grad()
-def encode_image(image_encoder: CLIPVisionModel, image: torch.Tensor) -> torch.Tensor:
-    """CLIP tokens `[1, 257, 1280]` of the (already stretched) reference image `[1, 3, H, W]` in [-1, 1]."""
-    return encode_reference_image(image_encoder, image).float().cpu()

@@ -21,17 +21,15 @@ from transformers import (
 
 from ..errors import UserFacingError
 from ..generation_settings import PUBLISHED_FPS, PUBLISHED_SETTINGS, SAMPLE_RATE
-from ..loading.audio_encoder import encode_audio
 from ..media import VideoWriter, load_audio, load_image
 from ..models import StableAvatarTransformer3DModel
 from .conditioning import (
     DEFAULT_NEGATIVE_PROMPT,
-    encode_image,
-    encode_prompt,
     encode_window_condition,
     image_to_tensor,
 )
 from .decoding import StreamingDecoder, stream_decode
+from .encoders import encode_audio, encode_image, encode_prompt
 from .guidance import build_guidance
 from .sampler import ProgressCallback, SamplingConditions, SlidingWindowSampler, StepEndCallback
 from .streaming import (

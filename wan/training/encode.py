@@ -14,9 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..loading.audio_encoder import encode_audio
-from ..loading.image_encoder import encode_reference_image
 from ..pipeline.conditioning import first_frame_mask
+from ..pipeline.encoders import encode_audio, encode_image, encode_prompts, latent_stats
 from ..pipeline.pipeline import StableAvatarPipeline
 
 
@@ -88,10 +87,9 @@ def _posterior(pipe: StableAvatarPipeline, video: torch.Tensor) -> tuple[torch.T
     vae = pipe.vae
     parameter = next(vae.parameters())
     posterior = vae.encode(video.to(parameter.device, parameter.dtype)).latent_dist
-    shape = (1, -1, 1, 1, 1)
-    mean = torch.tensor(vae.config.latents_mean, device=parameter.device).view(shape)
-    std = torch.tensor(vae.config.latents_std, device=parameter.device).view(shape)
-    return ((posterior.mean.float() - mean) / std).cpu(), posterior.std.float().cpu()
+    posterior_mean = posterior.mean.float()
+    mean, std = latent_stats(vae, posterior_mean)
+    return ((posterior_mean - mean) / std).cpu(), posterior.std.float().cpu()
 
 
 @torch.no_grad()
@@ -102,21 +100,9 @@ def encode_batch(pipe: StableAvatarPipeline, batch: dict) -> EncodedBatch:
     conditioning = torch.zeros_like(video)
     conditioning[:, :, 0] = video[:, :, 0]
     condition_mean, condition_std = _posterior(pipe, conditioning)
-    tokens = pipe.tokenizer(
-        list(batch["prompt"]),
-        padding="longest",
-        truncation=True,
-        max_length=512,
-        add_special_tokens=True,
-        return_tensors="pt",
-    )
-    text_parameter = next(pipe.text_encoder.parameters())
-    text = pipe.text_encoder(
-        tokens.input_ids.to(text_parameter.device),
-        attention_mask=tokens.attention_mask.to(text_parameter.device),
-    ).last_hidden_state
-    text = (text.float().cpu() * tokens.attention_mask[..., None]).float()  # padding positions become zeros
-    image = encode_reference_image(pipe.image_encoder, video[:, :, 0]).float().cpu()
+    text_device = next(pipe.text_encoder.parameters()).device
+    text = encode_prompts(pipe.tokenizer, pipe.text_encoder, list(batch["prompt"]), text_device)
+    image = encode_image(pipe.image_encoder, video[:, :, 0])
     audio = torch.cat(
         [
             encode_audio(pipe.audio_encoder, pipe.audio_feature_extractor, clip).float().cpu()
