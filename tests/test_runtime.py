@@ -10,7 +10,8 @@ import pytest
 import soundfile
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
-from wan.app.logic import CUSTOM_SIZE, TINY_MODEL_KEY, make_settings
+from tests.test_app_runner import SMALL
+from wan.app.logic import make_settings
 from wan.app.runner import Runner
 from wan.errors import UserFacingError
 from wan.generate import build_parser, runtime_options
@@ -69,24 +70,7 @@ def test_the_app_offers_the_solver_and_step_cache(tmp_path) -> None:
     audio = tmp_path / "speech.wav"
     soundfile.write(audio, samples, rate)
     runner = Runner(tmp_path / "checkpoints", tmp_path / "out", device="cpu")
-    settings = make_settings(
-        model=TINY_MODEL_KEY,
-        prompt="A person speaks.",
-        negative_prompt="",
-        preset=CUSTOM_SIZE,
-        width=32,
-        height=32,
-        steps=2,
-        text_guidance=3.0,
-        audio_guidance=5.0,
-        clip_length=21,
-        overlap=2,
-        weighting="uniform",
-        seed=3,
-        memory_mode="model_full_load",
-        solver="unipc",
-        step_cache=0.1,
-    )
+    settings = make_settings(**SMALL, solver="unipc", step_cache=0.1)
     assert settings.solver == "unipc" and settings.step_cache == 0.1
     runner.generate(EXAMPLE / "reference.png", audio, settings, "s")
     pipe = runner._loaded[1]
