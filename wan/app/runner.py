@@ -123,9 +123,7 @@ class Runner:
             "seed": settings.seed,
             "fps": FPS,
         }
-        return self.live.start(
-            session, lambda: self._pipeline(choice, settings.memory_mode), Path(image), options
-        )
+        return self.live.start(session, lambda: self._pipeline(choice, settings), Path(image), options)
 
     def generate(
         self,
