@@ -11,7 +11,8 @@ import torch
 from tests.training_helpers import FRAMES, SIZE, write_tiny_model
 from wan.generate import build_parser, load_pipeline
 from wan.pipeline import StableAvatarPipeline
-from wan.pipeline.conditioning import DEFAULT_NEGATIVE_PROMPT, encode_prompt
+from wan.pipeline.conditioning import DEFAULT_NEGATIVE_PROMPT
+from wan.pipeline.encoders import encode_prompt
 from wan.pipeline.guidance import PublishedGuidance
 from wan.pipeline.sampler import SamplingConditions, SlidingWindowSampler
 from wan.training.dataset import TalkingFaceDataset

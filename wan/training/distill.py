@@ -41,7 +41,8 @@ from ..cli import atomic_directory, run_cli
 from ..errors import UserFacingError
 from ..generation_settings import SETTINGS_FILE, recommended_settings, save_recommended_settings
 from ..loading.lora import is_audio_parameter, lora_config, save_lora
-from ..pipeline.conditioning import DEFAULT_NEGATIVE_PROMPT, encode_prompt
+from ..pipeline.conditioning import DEFAULT_NEGATIVE_PROMPT
+from ..pipeline.encoders import encode_prompt
 from ..pipeline.guidance import GUIDANCE_RULES, Guidance, build_guidance
 from ..pipeline.pipeline import StableAvatarPipeline
 from .distill_core import (
