@@ -11,8 +11,9 @@ from wan.errors import UserFacingError
 from wan.pipeline.encoders import encode_prompt
 from wan.pipeline.pipeline import StableAvatarPipeline
 from wan.pipeline.tiny import build_tiny_pipeline
+from wan.pipeline.windows import latent_frames_for_video
 
-SIZE, CLIP, FRAMES = 32, 21, 30  # 30 frames at 25 fps: 8 latent frames, two 6-frame windows
+SIZE, CLIP, FRAMES = 32, 21, 30  # 30 frames at 25 fps: 9 latent frames, two 6-frame windows
 SETTINGS = dict(
     height=SIZE, width=SIZE, num_inference_steps=2, clip_length=CLIP, overlap=2, seed=3, progress=False
 )
@@ -100,3 +101,19 @@ def test_model_hooks_are_freed_after_every_call(pipe, image, audio, monkeypatch)
     monkeypatch.setattr(pipe, "maybe_free_model_hooks", lambda: freed.append(1))
     pipe(image, audio, output_type="latent", **SETTINGS)
     assert freed == [1]
+
+
+def test_vae_factors_come_from_the_vae_config(pipe, image, audio) -> None:
+    """The latent grid follows `vae.config` (as diffusers' Wan pipelines read it), and a VAE whose temporal
+    compression the audio alignment was not built for is refused before anything is encoded."""
+    assert (pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial) == (
+        pipe.vae.config.scale_factor_temporal,
+        pipe.vae.config.scale_factor_spatial,
+    )
+    latents = pipe(image, audio, output_type="latent", **SETTINGS).latents
+    side = SIZE // pipe.vae.config.scale_factor_spatial
+    assert latents.shape[-3:] == (latent_frames_for_video(FRAMES), side, side)
+    other = build_tiny_pipeline(seed=0)
+    other.vae.register_to_config(scale_factor_temporal=2)
+    with pytest.raises(UserFacingError, match="Wan2.1 VAE"):
+        other(image, audio, output_type="latent", **SETTINGS)

@@ -8,6 +8,7 @@ from diffusers import AutoencoderKLWan
 from PIL import Image
 
 from .encoders import encode_to_normalised_latents
+from .windows import video_frames_for_latents
 
 # The negative prompt the published code uses (Wan's default; it is Chinese and lists unwanted traits:
 # garish colours, overexposure, static, blurry details, subtitles, low quality, JPEG artefacts, deformed
@@ -41,7 +42,7 @@ def encode_window_condition(vae: AutoencoderKLWan, image: torch.Tensor, window_l
     Args:
         image: `[1, 3, H, W]` in [-1, 1].
     """
-    num_frames = 4 * (window_length - 1) + 1
+    num_frames = video_frames_for_latents(window_length)
     video = torch.zeros(1, 3, num_frames, *image.shape[-2:])
     video[:, :, 0] = image[:, :, :]
     latents = encode_to_normalised_latents(vae, video).float().cpu()

@@ -40,10 +40,18 @@ from .streaming import (
     streaming_windows,
     window_waveform,
 )
-from .windows import Window, latent_frames_for_video, video_frames_for_audio
+from .windows import (
+    FRAMES_PER_LATENT,
+    Window,
+    latent_frames_for_clip,
+    latent_frames_for_video,
+    video_frames_for_audio,
+)
 from .windows_outer import PREFIX_MODES, SAMPLING_ORDERS, WindowsOuterSampler
 
+# Height and width: the VAE's 8x times the transformer's 2x2 patches (`_check_components` verifies it).
 SIZE_MULTIPLE = 16
+
 OUTPUT_TYPES = {
     "mp4": "an mp4 with the audio at output_path (frames decoded and written chunk by chunk)",
     "np": "frames in memory: a float32 array [T, H, W, 3] in [0, 1]",
@@ -106,6 +114,16 @@ class StableAvatarPipeline(DiffusionPipeline):
         self._num_timesteps = 0
         self._current_window = 0
         self._num_windows = 0
+
+    @property
+    def vae_scale_factor_spatial(self) -> int:
+        """Pixels per latent pixel along height and width (8 for the Wan VAE), from `vae.config`."""
+        return int(getattr(self.vae.config, "scale_factor_spatial", None) or 8)
+
+    @property
+    def vae_scale_factor_temporal(self) -> int:
+        """Pixel frames per latent frame (4 for the Wan VAE), from `vae.config`."""
+        return int(getattr(self.vae.config, "scale_factor_temporal", None) or FRAMES_PER_LATENT)
 
     @property
     def interrupt(self) -> bool:
@@ -198,6 +216,7 @@ class StableAvatarPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs: the tensors passed in `callback_kwargs` (only "latents").
         """
         started = time.monotonic()
+        self._check_components()
         self.check_inputs(
             height,
             width,
@@ -223,17 +242,26 @@ class StableAvatarPipeline(DiffusionPipeline):
                 f"({1000 / fps:.0f} ms); pass a longer audio file"
             )
         device = self._execution_device
-        window_length = (clip_length - 1) // 4 + 1
+        window_length = latent_frames_for_clip(clip_length)
         num_latent_frames = latent_frames_for_video(num_frames)
 
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if seed is None else int(seed)
         if sampling_order == "windows":
-            noise = FrameNoise(seed, self.vae.config.z_dim, height // 8, width // 8).frames(
-                0, num_latent_frames
-            )
+            noise = FrameNoise(
+                seed,
+                self.vae.config.z_dim,
+                height // self.vae_scale_factor_spatial,
+                width // self.vae_scale_factor_spatial,
+            ).frames(0, num_latent_frames)
         else:
             generator = torch.Generator("cpu").manual_seed(seed)
-            latent_shape = (1, self.vae.config.z_dim, num_latent_frames, height // 8, width // 8)
+            latent_shape = (
+                1,
+                self.vae.config.z_dim,
+                num_latent_frames,
+                height // self.vae_scale_factor_spatial,
+                width // self.vae_scale_factor_spatial,
+            )
             noise = torch.randn(latent_shape, generator=generator, dtype=torch.float32)
 
         conditions = self._conditions(
@@ -358,11 +386,17 @@ class StableAvatarPipeline(DiffusionPipeline):
             `StreamedFrames`: each window's new frames `[T, H, W, 3]` in [-1, 1] with their audio and the
             latency since the first audio sample arrived. The last one ends the video at the audio's length.
         """
+        self._check_components()
         self.check_inputs(height, width, clip_length, overlap, fps, "latent", None, "windows", prefix)
         device = self._execution_device
-        window_length = (clip_length - 1) // 4 + 1
+        window_length = latent_frames_for_clip(clip_length)
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if seed is None else int(seed)
-        noise = FrameNoise(seed, self.vae.config.z_dim, height // 8, width // 8)
+        noise = FrameNoise(
+            seed,
+            self.vae.config.z_dim,
+            height // self.vae_scale_factor_spatial,
+            width // self.vae_scale_factor_spatial,
+        )
         conditions = self._conditions(
             load_image(image), prompt, negative_prompt, width, height, window_length
         )
@@ -441,6 +475,20 @@ class StableAvatarPipeline(DiffusionPipeline):
             condition=encode_window_condition(self.vae, pixels, frames),
         )
 
+    def _check_components(self) -> None:
+        """The VAE and transformer compress as the window arithmetic assumes (a one-line error otherwise)."""
+        if self.vae_scale_factor_temporal != FRAMES_PER_LATENT:
+            raise UserFacingError(
+                f"the VAE compresses {self.vae_scale_factor_temporal} frames into one latent frame; the audio "
+                f"adapter is aligned to {FRAMES_PER_LATENT}: use a Wan2.1 VAE"
+            )
+        size_multiple = self.vae_scale_factor_spatial * self.transformer.config.patch_size[1]
+        if SIZE_MULTIPLE % size_multiple:
+            raise UserFacingError(
+                f"this VAE and transformer need sides that are multiples of {size_multiple}; "
+                f"use the Wan2.1 VAE (8x) with 2x2 patches"
+            )
+
     def _window_audio(self, waveform: np.ndarray, window: Window, fps: int) -> torch.Tensor:
         """wav2vec2 features `[1, Na, 768]` of a window's audio (4 frames per latent frame; silence past the end)."""
         chunk = window_waveform(waveform, window, SAMPLE_RATE // fps)
@@ -467,9 +515,9 @@ class StableAvatarPipeline(DiffusionPipeline):
                 f"width and height must be positive multiples of {SIZE_MULTIPLE}, got {width}x{height}; "
                 "try 512x512, 480x832 or 832x480"
             )
-        if clip_length < 5 or (clip_length - 1) % 4:
+        if clip_length < 5 or (clip_length - 1) % FRAMES_PER_LATENT:
             raise UserFacingError(f"clip length must be 4k+1 frames (e.g. 81), got {clip_length}")
-        window_length = (clip_length - 1) // 4 + 1
+        window_length = latent_frames_for_clip(clip_length)
         if not 0 <= overlap < window_length:
             raise UserFacingError(
                 f"overlap must be between 0 and {window_length - 1} latent frames for a {clip_length}-frame clip, got {overlap}"

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..models import CrossAttentionCache, StableAvatarTransformer3DModel
 from .guidance import Guidance, GuidanceInputs, PublishedGuidance, transformer_forward
-from .windows import Window, blend_weights, plan_windows
+from .windows import Window, blend_weights, plan_windows, video_frames_for_latents
 
 # Called after every window step as callback(step_index, window_index, num_steps, num_windows).
 ProgressCallback = Callable[[int, int, int, int], None]
@@ -134,7 +134,7 @@ class SlidingWindowSampler:
                     latents,
                     conditions.condition[:, :, : window.length].to(self.device),
                     timestep,
-                    num_video_frames=4 * (window.length - 1) + 1,
+                    num_video_frames=video_frames_for_latents(window.length),
                     context_cache=context_caches[guided] if self.cache_text_image else None,
                 )
                 # Each window keeps its own step-cache state: windows never reuse each other's results.

@@ -25,13 +25,13 @@ import torch
 
 from ..errors import UserFacingError
 from ..media import load_audio
-from .windows import Window, latent_frames_for_video, plan_windows, window_audio_span
+from .windows import FRAMES_PER_LATENT, Window, latent_frames_for_video, plan_windows, window_audio_span
 
 
 def window_waveform(
     waveform: np.ndarray, window: Window, samples_per_frame: int, offset: int = 0
 ) -> np.ndarray:
-    """The window's audio `[4 * window.length * samples_per_frame]` (4 frames per latent frame), silence past
+    """The window's audio `[FRAMES_PER_LATENT * window.length * samples_per_frame]`, silence past
     the end of `waveform`; `offset` is the sample index of `waveform[0]` in the whole audio."""
     start, length = window_audio_span(window, samples_per_frame)
     chunk = np.zeros(length, dtype=np.float32)
@@ -176,7 +176,7 @@ def streaming_windows(
     audio span, so it can go before the stream ends; the rest (the last, aligned to the end) follow the end.
     Yields (window, is_last, video frames of the whole audio when known else None).
     """
-    samples_per_latent = 4 * audio.samples_per_frame
+    samples_per_latent = FRAMES_PER_LATENT * audio.samples_per_frame
     stride = window_length - overlap
     done = 0
     start = 0
@@ -220,7 +220,7 @@ def stream_latents_to_frames(
         if is_last:
             pixels = pixels[: num_frames - frames_out]
         audio_piece = audio.samples(frames_out * spf, (frames_out + len(pixels)) * spf)
-        audio.drop_before(4 * (window.start + 1) * spf)
+        audio.drop_before(FRAMES_PER_LATENT * (window.start + 1) * spf)
         started = audio.first_sample_time or time.monotonic()
         yield StreamedFrames(pixels, frames_out, audio_piece, new, index, time.monotonic() - started)
         frames_out += len(pixels)

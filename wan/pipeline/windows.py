@@ -11,6 +11,10 @@ from ..generation_settings import PUBLISHED_FPS, SAMPLE_RATE
 
 WEIGHTING_SCHEMES = ("uniform", "log")
 
+# Pixel frames per latent frame: the Wan VAE's temporal compression, which the audio adapter's alignment
+# (each latent frame attends to its 4 frames of audio) is trained for. The pipeline checks `vae.config` agrees.
+FRAMES_PER_LATENT = 4
+
 
 @dataclass(frozen=True)
 class Window:
@@ -68,8 +72,10 @@ def blend_weights(length: int, scheme: str = "uniform") -> torch.Tensor:
 
 
 def window_audio_span(window: Window, samples_per_frame: int) -> tuple[int, int]:
-    """(first sample, number of samples) of the audio a window is conditioned on: 4 video frames per latent frame."""
-    return window.start * 4 * samples_per_frame, window.length * 4 * samples_per_frame
+    """(first sample, number of samples) of the audio a window is conditioned on: `FRAMES_PER_LATENT` video
+    frames per latent frame."""
+    samples_per_latent = FRAMES_PER_LATENT * samples_per_frame
+    return window.start * samples_per_latent, window.length * samples_per_latent
 
 
 def video_frames_for_audio(num_samples: int, fps: int = PUBLISHED_FPS, sample_rate: int = SAMPLE_RATE) -> int:
@@ -79,4 +85,14 @@ def video_frames_for_audio(num_samples: int, fps: int = PUBLISHED_FPS, sample_ra
 
 def latent_frames_for_video(num_frames: int) -> int:
     """Latent frames whose decoding covers `num_frames` (the VAE gives 1 + 4(L-1)); extra frames are cut."""
-    return math.ceil((num_frames - 1) / 4) + 1
+    return math.ceil((num_frames - 1) / FRAMES_PER_LATENT) + 1
+
+
+def video_frames_for_latents(num_latent_frames: int) -> int:
+    """Pixel frames `1 + 4(L-1)` that `num_latent_frames` decode to (a clip of that length encodes to L)."""
+    return FRAMES_PER_LATENT * (num_latent_frames - 1) + 1
+
+
+def latent_frames_for_clip(clip_length: int) -> int:
+    """Latent frames of a `clip_length`-frame clip (`4k+1` frames -> `k+1`): the window length."""
+    return (clip_length - 1) // FRAMES_PER_LATENT + 1

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ..models import CrossAttentionCache
 from .guidance import GuidanceInputs, transformer_forward
 from .sampler import ProgressCallback, SamplingConditions, SlidingWindowSampler, StepEndCallback
-from .windows import Window
+from .windows import Window, video_frames_for_latents
 
 PREFIX_MODES = ("renoise", "condition", "both")
 SAMPLING_ORDERS = {
@@ -163,7 +163,7 @@ class WindowsOuterSampler(SlidingWindowSampler):
                 latents.to(self.device),
                 window_conditions.condition[:, :, : window.length].to(self.device),
                 timestep,
-                num_video_frames=4 * (window.length - 1) + 1,
+                num_video_frames=video_frames_for_latents(window.length),
                 context_cache=self._context_caches[guided] if self.cache_text_image else None,
             )
             with self._cache_context(name):
