@@ -76,17 +76,23 @@ def run_option(
     pipe, option: SpeedOption, base: dict, output: Path, seconds: float, identity_seconds: float, shift: float
 ) -> dict:
     from wan.models import StableAvatarTransformer3DModel
-    from wan.pipeline.solvers import build_scheduler, enable_step_cache
+    from wan.pipeline.runtime import RuntimeOptions, configure_pipeline
 
-    pipe.scheduler = build_scheduler(option.solver, shift)
     teacher = pipe.transformer
     if option.student:  # one forward a step: the teacher's guidance is baked into the student
         pipe.transformer = StableAvatarTransformer3DModel.from_pretrained(
             Path(option.student) / "transformer"
         )
         base = {**base, "text_guidance_scale": 1.0, "audio_guidance_scale": 1.0}
-    if option.step_cache_threshold is not None:
-        enable_step_cache(pipe.transformer, option.step_cache_threshold)
+    # The same runtime path as the CLI and the app: solver, shift and step cache replaced per option.
+    runtime = RuntimeOptions(
+        device="cpu",
+        dtype="float32",
+        solver=option.solver,
+        shift=shift,
+        step_cache_threshold=option.step_cache_threshold,
+    )
+    configure_pipeline(pipe, runtime)
     counter = WorkCounter(pipe.transformer)
     try:
         settings = {
@@ -97,7 +103,7 @@ def run_option(
         metrics = evaluate_pipeline(pipe, output, settings, seconds, identity_seconds)
     finally:
         counter.remove()
-        if option.step_cache_threshold is not None:
+        if pipe.transformer.is_cache_enabled:
             pipe.transformer.disable_cache()
         pipe.transformer = teacher
     video_seconds = 2 * seconds + identity_seconds  # right-audio, wrong-audio and identity videos

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import torch
 from diffusers import AutoencoderKLWan
 
+from .encoders import latent_stats
+
 
 class StreamingDecoder:
     """Decodes normalised latents frame by frame as they become final, carrying the Wan VAE's causal cache.
@@ -21,9 +23,7 @@ class StreamingDecoder:
         self.vae = vae
         parameter = next(vae.parameters())
         self._device, self._dtype = parameter.device, parameter.dtype
-        shape = (1, -1, 1, 1, 1)
-        self._mean = torch.tensor(vae.config.latents_mean, device=self._device, dtype=self._dtype).view(shape)
-        self._std = torch.tensor(vae.config.latents_std, device=self._device, dtype=self._dtype).view(shape)
+        self._mean, self._std = latent_stats(vae, torch.empty(0, device=self._device, dtype=self._dtype))
         self.frames_decoded = 0  # latent frames so far
         vae.clear_cache()
 
