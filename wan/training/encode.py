@@ -84,6 +84,9 @@ def _randn_like(tensor: torch.Tensor, generator: torch.Generator) -> torch.Tenso
 
 @torch.no_grad()
 def _posterior(pipe: StableAvatarPipeline, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(normalised posterior mean, posterior std). The std stays in raw VAE units on purpose: the published
+    trainer's VAE normalises only `mu` and keeps `log_var` as the encoder gives it, so its samples are
+    `(mu - mean) / std + exp(log_var / 2) * noise`."""
     vae = pipe.vae
     parameter = next(vae.parameters())
     posterior = vae.encode(video.to(parameter.device, parameter.dtype)).latent_dist
