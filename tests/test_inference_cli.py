@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -104,6 +106,32 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, args, message, 
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
     assert not (tmp_path / "out" / "video_with_audio.mp4").exists()
+
+
+def test_sigterm_during_generation_is_one_line_exit_143_and_no_file(tmp_path) -> None:
+    output, log = tmp_path / "out", tmp_path / "stderr.txt"
+    command = [
+        sys.executable,
+        "inference.py",
+        "--random_tiny_model",
+        *_inputs(),
+        *SMALL,
+        "--output_dir",
+        str(output),
+    ]
+    with log.open("w") as sink:
+        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=sink)
+    deadline = time.monotonic() + 120
+    while "denoising" not in log.read_text():  # the progress bar: generation has started
+        assert process.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "generation did not start within 120 s"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)  # what `kill PID`, a job scheduler or `docker stop` sends
+    assert process.wait(timeout=60) == 143
+    lines = [line for line in log.read_text().replace("\r", "\n").splitlines() if line.strip()]
+    assert "Traceback" not in log.read_text()
+    assert lines[-1].startswith("stopped (SIGTERM)") and "nothing was written" in lines[-1]
+    assert not any(path.is_file() for path in output.rglob("*"))
 
 
 def test_help_explains_every_flag() -> None:

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import gc
+import os
+import signal
+import subprocess
+import sys
+import time
 import wave
 from fractions import Fraction
 from pathlib import Path
@@ -15,6 +20,8 @@ from PIL import Image
 
 from wan.errors import MissingFileError, UserFacingError
 from wan.media import VideoWriter, load_audio, load_image, read_video_info
+
+REPO = Path(__file__).resolve().parents[1]
 
 RATE = 44100
 SECONDS = 2.0
@@ -336,6 +343,79 @@ def test_writer_dropped_without_close_leaves_no_file(tmp_path: Path) -> None:
     del writer
     gc.collect()
     assert list(tmp_path.iterdir()) == []
+
+
+# A command-line program that writes frames into sys.argv[1] until it is stopped.
+_ENDLESS_WRITER = """
+import sys, time
+import numpy as np
+from wan.cli import run_cli
+from wan.media import VideoWriter
+
+def main(argv):
+    with VideoWriter(sys.argv[1], fps=25) as writer:
+        writer.write(np.zeros((60, 16, 16, 3), np.uint8))  # past x264's look-ahead: packets reach the file
+        print("writing", flush=True)
+        while True:
+            writer.write(np.zeros((16, 16, 3), np.uint8))
+            time.sleep(0.01)
+
+raise SystemExit(run_cli(main))
+"""
+
+
+def _start_endless_writer(path: Path) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [sys.executable, "-c", _ENDLESS_WRITER, str(path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout.readline() == "writing\n", process.communicate(timeout=60)[1]
+    return process
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_while_writing_leaves_no_file_and_says_so_in_one_line(tmp_path: Path, signum, code) -> None:
+    writer = _start_endless_writer(tmp_path / "out.mp4")
+    assert len(list(tmp_path.glob(".out.*.partial.mp4"))) == 1
+    writer.send_signal(signum)
+    _, stderr = writer.communicate(timeout=60)
+    assert writer.returncode == code  # 128 + the signal's number, as a shell reports a killed program
+    (line,) = stderr.strip().splitlines()
+    assert "nothing was written" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_partial_files_of_killed_runs_are_removed(tmp_path: Path) -> None:
+    hour_ago = time.time() - 3600
+    stale = tmp_path / ".out.0123abcd.partial.mp4"  # a run killed (SIGKILL, power cut) while writing
+    recent = tmp_path / ".out.89abcdef.partial.mp4"  # may be a writer that has just opened it
+    others = [
+        ".out.0123abc.partial.mp4",  # not 8 hex digits
+        ".out.0123ABCD.partial.mp4",
+        ".out.x.0123abcd.partial.mp4",
+        ".other.0123abcd.partial.mp4",  # another output name
+        "out.0123abcd.partial.mp4",
+        ".out.0123abcd.partial.mkv",
+    ]
+    for name in [stale.name, recent.name, *others]:
+        (tmp_path / name).write_bytes(b"half a video")
+        if name != recent.name:
+            os.utime(tmp_path / name, (hour_ago, hour_ago))
+    before = set(tmp_path.iterdir())
+    live = _start_endless_writer(tmp_path / "out.mp4")  # another program writing the same name right now
+    try:
+        (busy,) = set(tmp_path.iterdir()) - before
+        os.utime(busy, (hour_ago, hour_ago))  # a long-running writer: old, but still alive
+        _write(tmp_path / "out.mp4", _gradient_frames(2))
+        assert not stale.exists()
+        assert recent.exists() and busy.exists()
+        assert all((tmp_path / name).exists() for name in others)
+    finally:
+        live.kill()
+        live.communicate(timeout=60)
 
 
 def test_existing_file_untouched_on_failure(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -31,16 +32,47 @@ def parse_dtype(name: str) -> torch.dtype:
         raise UserFacingError(f"unknown dtype {name!r}; use one of {', '.join(sorted(DTYPES))}") from None
 
 
-def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
-    """Run `main`; a UserFacingError becomes `error: <message>` on stderr and exit code 2, Ctrl-C exit 130."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived. A KeyboardInterrupt, so whatever cleans up after Ctrl-C cleans up after it too."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends the program at once
+    raise Terminated
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """While inside, SIGTERM raises `Terminated` in the main thread (elsewhere it is left as it is)."""
     try:
-        return int(main(argv) or 0)
+        previous, installed = signal.signal(signal.SIGTERM, _raise_terminated), True
+    except ValueError:  # not the main thread: only the main thread may set handlers
+        previous, installed = None, False
+    try:
+        yield
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
+    """Run `main`; a UserFacingError becomes `error: <message>` on stderr and exit code 2.
+
+    Ctrl-C (SIGINT) and SIGTERM unwind the program like an exception, so every `with` block removes its
+    half-written files; one line on stderr says so and the exit code is 128 + the signal's number (130, 143).
+    """
+    try:
+        with sigterm_raises():
+            return int(main(argv) or 0)
     except UserFacingError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("stopped (SIGTERM); nothing was written under the final name", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("interrupted; nothing was written under the final name", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGINT
 
 
 @contextmanager

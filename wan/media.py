@@ -7,7 +7,12 @@ raises `UserFacingError` (`MissingFileError` for a path that does not exist) wit
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import glob
 import os
+import re
+import stat
+import time
 import uuid
 import weakref
 from fractions import Fraction
@@ -250,9 +255,11 @@ class VideoWriter:
     [C, S] at `audio_sample_rate` Hz, as `load_audio` takes it) is encoded alongside and, on close,
     cut or padded with silence to exactly the video's duration (frames / fps). The file is written
     as `.<name>.<random>.partial.mp4` in the destination folder and renamed to `path` only when
-    `close()` succeeds; after an error inside the `with` block, or if the writer is dropped without
-    closing, the partial file is deleted and `path` is left untouched. The container is always MP4,
-    with `+faststart` (index at the front) so players can start before the whole file is read.
+    `close()` succeeds; after an error inside the `with` block (Ctrl-C and, under `wan.cli.run_cli`,
+    SIGTERM included), or if the writer is dropped without closing, the partial file is deleted and
+    `path` is left untouched. A process killed outright (SIGKILL, power cut) leaves its partial file
+    behind; the next writer to the same `path` deletes it (see `remove_stale_partials`). The container
+    is always MP4, with `+faststart` (index at the front) so players can start before the whole file is read.
 
     With `frames_dir`, every frame is also saved there as `frame_000000.png`, `frame_000001.png`, ...
     """
@@ -283,12 +290,18 @@ class VideoWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.frames_dir is not None:
             self.frames_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(self.path)
         # Same folder as the target, so os.replace is an atomic rename; the random part keeps two
         # writers aimed at one path apart.
         self._partial = self._output_file()
-        self._container = av.open(str(self._partial), "w", format="mp4", options=self._mp4_options())
+        self._lock = _create_locked(self._partial) if self._partial != self.path else None
+        try:
+            self._container = av.open(str(self._partial), "w", format="mp4", options=self._mp4_options())
+        except BaseException:
+            _discard_partial(None, self._partial, self._lock)
+            raise
         # Deletes the partial file if the writer is aborted or garbage-collected before close().
-        self._discard = weakref.finalize(self, _discard_partial, self._container, self._partial)
+        self._discard = weakref.finalize(self, _discard_partial, self._container, self._partial, self._lock)
         # PyAV needs every stream before the first packet is muxed, so both are added now; the video
         # size is filled in by the first write().
         self._video = self._container.add_stream("libx264", rate=self.fps)
@@ -380,6 +393,8 @@ class VideoWriter:
         if self._partial != self.path:
             os.replace(self._partial, self.path)
         self._discard.detach()
+        if self._lock is not None:
+            os.close(self._lock)
 
     def abort(self) -> None:
         """Stop without creating `path`; the partial file is deleted."""
@@ -504,11 +519,55 @@ class FragmentedVideoWriter(VideoWriter):
                 self._container.close()
 
 
-def _discard_partial(container: Any, partial: Path) -> None:
+def _discard_partial(container: Any, partial: Path, lock: int | None) -> None:
     # The file is deleted anyway; a half-written container may refuse to close cleanly.
     with contextlib.suppress(Exception):
         container.close()
     partial.unlink(missing_ok=True)
+    if lock is not None:
+        os.close(lock)
+
+
+STALE_PARTIAL_SECONDS = 60.0
+
+
+def _create_locked(path: Path) -> int:
+    """Create `path` and hold an exclusive lock on it until the returned descriptor is closed.
+
+    The system drops the lock when the process ends however it ends (SIGKILL too), so a partial file
+    nobody holds a lock on belongs to no running writer.
+    """
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with contextlib.suppress(OSError):  # a filesystem without locks: remove_stale_partials keeps the file
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return descriptor
+
+
+def remove_stale_partials(path: str | os.PathLike[str], min_age: float = STALE_PARTIAL_SECONDS) -> list[Path]:
+    """Delete the partial files `VideoWriter`s for `path` left behind when killed; return what was deleted.
+
+    Only files beside `path` named exactly `.<stem>.<8 lowercase hex digits>.partial.mp4` are considered, and
+    one is deleted only when no running writer holds its lock (a `VideoWriter` locks its partial file until
+    it closes) and it has not changed for `min_age` seconds (room for a writer that has created its file but
+    not yet locked it). On a filesystem without file locks nothing is deleted.
+    """
+    path = Path(path)
+    name = re.compile(rf"\.{re.escape(path.stem)}\.[0-9a-f]{{8}}\.partial\.mp4")
+    removed = []
+    for candidate in path.parent.glob(f".{glob.escape(path.stem)}.*.partial.mp4"):
+        if not name.fullmatch(candidate.name):
+            continue
+        with contextlib.suppress(OSError):  # held by a writer (BlockingIOError), gone meanwhile, no locks...
+            descriptor = os.open(candidate, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                status = os.fstat(descriptor)
+                if stat.S_ISREG(status.st_mode) and time.time() - status.st_mtime >= min_age:
+                    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    candidate.unlink()
+                    removed.append(candidate)
+            finally:
+                os.close(descriptor)
+    return removed
 
 
 def read_video_info(path: str | os.PathLike[str]) -> dict[str, Any]:

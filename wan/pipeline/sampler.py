@@ -115,53 +115,52 @@ class SlidingWindowSampler:
         audio_cache: dict[Window, torch.Tensor] = {}
         context_caches = {True: CrossAttentionCache(), False: CrossAttentionCache()}
 
-        bar = tqdm(total=len(timesteps) * len(windows), desc="denoising", unit="window", disable=not progress)
-        for step_index, timestep in enumerate(timesteps):
-            fused = torch.zeros_like(state)
-            for window_index, window in enumerate(windows):
-                if window not in audio_cache:
-                    audio_cache[window] = window_audio(window).to("cpu", torch.float32)
-                latents = state[:, :, window.start : window.end].to(self.device)
-                guided = self.guidance.active(step_index, len(timesteps))
-                inputs = GuidanceInputs(
-                    conditions.prompt_embeds,
-                    conditions.negative_prompt_embeds,
-                    conditions.image_embeds,
-                    audio_cache[window],
-                )
-                forward = transformer_forward(
-                    self.transformer,
-                    latents,
-                    conditions.condition[:, :, : window.length].to(self.device),
-                    timestep,
-                    num_video_frames=video_frames_for_latents(window.length),
-                    context_cache=context_caches[guided] if self.cache_text_image else None,
-                )
-                # Each window keeps its own step-cache state: windows never reuse each other's results.
-                with self._cache_context(f"window-{window_index}"):
-                    prediction = self.guidance.predict(forward, inputs, guided)
-                latents = window_schedulers[window_index].step(
-                    prediction, timestep, latents, return_dict=False
-                )[0]
-                if step_end is not None:
-                    replaced = step_end(step_index, window_index, timestep, latents)
-                    latents = latents if replaced is None else replaced
-                latents = latents.to("cpu", torch.float32)
-                if window.overlap and step_index > 0:
-                    weights = blend_weights(window.overlap, self.weighting).view(1, 1, -1, 1, 1)
-                    previous = fused[:, :, window.start : window.start + window.overlap]
-                    latents[:, :, : window.overlap] = latents[:, :, : window.overlap] * weights + previous * (
-                        1 - weights
+        with tqdm(
+            total=len(timesteps) * len(windows), desc="denoising", unit="window", disable=not progress
+        ) as bar:
+            for step_index, timestep in enumerate(timesteps):
+                fused = torch.zeros_like(state)
+                for window_index, window in enumerate(windows):
+                    if window not in audio_cache:
+                        audio_cache[window] = window_audio(window).to("cpu", torch.float32)
+                    latents = state[:, :, window.start : window.end].to(self.device)
+                    guided = self.guidance.active(step_index, len(timesteps))
+                    inputs = GuidanceInputs(
+                        conditions.prompt_embeds,
+                        conditions.negative_prompt_embeds,
+                        conditions.image_embeds,
+                        audio_cache[window],
                     )
-                fused[:, :, window.start : window.end] = latents
-                bar.update()
-                if callback is not None:
-                    callback(step_index, window_index, len(timesteps), len(windows))
-                if interrupted is not None and interrupted():
-                    bar.close()
-                    return state
-            state = fused
-        bar.close()
+                    forward = transformer_forward(
+                        self.transformer,
+                        latents,
+                        conditions.condition[:, :, : window.length].to(self.device),
+                        timestep,
+                        num_video_frames=video_frames_for_latents(window.length),
+                        context_cache=context_caches[guided] if self.cache_text_image else None,
+                    )
+                    # Each window keeps its own step-cache state: windows never reuse each other's results.
+                    with self._cache_context(f"window-{window_index}"):
+                        prediction = self.guidance.predict(forward, inputs, guided)
+                    latents = window_schedulers[window_index].step(
+                        prediction, timestep, latents, return_dict=False
+                    )[0]
+                    if step_end is not None:
+                        replaced = step_end(step_index, window_index, timestep, latents)
+                        latents = latents if replaced is None else replaced
+                    latents = latents.to("cpu", torch.float32)
+                    if window.overlap and step_index > 0:
+                        weights = blend_weights(window.overlap, self.weighting).view(1, 1, -1, 1, 1)
+                        previous = fused[:, :, window.start : window.start + window.overlap]
+                        head = latents[:, :, : window.overlap]
+                        latents[:, :, : window.overlap] = head * weights + previous * (1 - weights)
+                    fused[:, :, window.start : window.end] = latents
+                    bar.update()
+                    if callback is not None:
+                        callback(step_index, window_index, len(timesteps), len(windows))
+                    if interrupted is not None and interrupted():
+                        return state
+                state = fused
         return state
 
     def _cache_context(self, name: str):

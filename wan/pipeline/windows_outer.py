@@ -81,33 +81,34 @@ class WindowsOuterSampler(SlidingWindowSampler):
         state = noise.clone()
         windows = self.plan(state.shape[2])
         self.reset()
-        bar = tqdm(
+        with tqdm(
             total=num_inference_steps * len(windows), desc="denoising", unit="step", disable=not progress
-        )
-        for index, window in enumerate(windows):
-            known = (
-                state[:, :, window.start : window.start + window.overlap].clone() if window.overlap else None
-            )
+        ) as bar:
+            for index, window in enumerate(windows):
+                known = (
+                    state[:, :, window.start : window.start + window.overlap].clone()
+                    if window.overlap
+                    else None
+                )
 
-            def report(step: int, steps: int, index: int = index) -> None:
-                bar.update()
-                if callback is not None:
-                    callback(step, index, steps, len(windows))
+                def report(step: int, steps: int, index: int = index) -> None:
+                    bar.update()
+                    if callback is not None:
+                        callback(step, index, steps, len(windows))
 
-            state[:, :, window.start : window.end] = self.denoise_window(
-                noise[:, :, window.start : window.end],
-                conditions,
-                window_audio(window),
-                window,
-                known,
-                num_inference_steps,
-                report,
-                None if step_end is None else functools.partial(self._window_step_end, step_end, index),
-                interrupted,
-            )
-            if interrupted is not None and interrupted():
-                break
-        bar.close()
+                state[:, :, window.start : window.end] = self.denoise_window(
+                    noise[:, :, window.start : window.end],
+                    conditions,
+                    window_audio(window),
+                    window,
+                    known,
+                    num_inference_steps,
+                    report,
+                    None if step_end is None else functools.partial(self._window_step_end, step_end, index),
+                    interrupted,
+                )
+                if interrupted is not None and interrupted():
+                    break
         return state
 
     @torch.no_grad()
