@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import os
 import signal
 import subprocess
@@ -416,6 +417,23 @@ def test_stale_partial_files_of_killed_runs_are_removed(tmp_path: Path) -> None:
     finally:
         live.kill()
         live.communicate(timeout=60)
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to compare"
+)
+def test_same_frames_and_audio_give_the_same_bytes_on_any_number_of_cpus(tmp_path: Path) -> None:
+    frames = _gradient_frames().repeat(4, axis=1).repeat(4, axis=2)  # 256x192: tall enough for x264 threads
+    audio, cpus = _tone(1.0), os.sched_getaffinity(0)
+    encodes = []
+    for allowed in (cpus, {min(cpus)}, cpus):  # x264 picks its thread count from the CPUs it may use
+        os.sched_setaffinity(0, allowed)
+        try:
+            _write(tmp_path / f"{len(encodes)}.mp4", frames, audio)
+        finally:
+            os.sched_setaffinity(0, cpus)
+        encodes.append(hashlib.sha256((tmp_path / f"{len(encodes)}.mp4").read_bytes()).hexdigest())
+    assert encodes[0] == encodes[1] == encodes[2]
 
 
 def test_existing_file_untouched_on_failure(tmp_path: Path) -> None:

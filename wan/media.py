@@ -30,6 +30,7 @@ from .errors import MissingFileError, UserFacingError
 
 _AUDIO_HINT = "pass a wav, mp3, flac, m4a, ogg or video file with speech or singing"
 _IMAGE_HINT = "pass a PNG, JPEG or WebP image of the person"
+X264_THREADS = 4  # encoder threads: a constant, so the encode is the same on every machine
 _MAX_CHANNELS = 16  # a 2-D waveform whose shorter axis is longer than this is not [C, S] or [S, C]
 
 
@@ -260,6 +261,7 @@ class VideoWriter:
     `path` is left untouched. A process killed outright (SIGKILL, power cut) leaves its partial file
     behind; the next writer to the same `path` deletes it (see `remove_stale_partials`). The container
     is always MP4, with `+faststart` (index at the front) so players can start before the whole file is read.
+    The encode is deterministic: the same frames and audio give the same bytes.
 
     With `frames_dir`, every frame is also saved there as `frame_000000.png`, `frame_000001.png`, ...
     """
@@ -306,7 +308,9 @@ class VideoWriter:
         # size is filled in by the first write().
         self._video = self._container.add_stream("libx264", rate=self.fps)
         self._video.pix_fmt = "yuv420p"
-        self._video.options = {"crf": str(crf), **self._x264_options()}
+        # x264 picks its thread count from the CPUs it may use, and the count changes the bytes; fixed, the
+        # same frames and audio give the same file whatever the machine (with the same FFmpeg build).
+        self._video.options = {"crf": str(crf), "threads": str(X264_THREADS), **self._x264_options()}
         # RGB->YUV below uses the BT.601 matrix (limited range); say so, or players guess BT.709 for HD.
         self._video.codec_context.colorspace = 6  # SMPTE 170M (BT.601)
         self._video.codec_context.color_primaries = 6
