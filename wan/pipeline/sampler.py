@@ -149,7 +149,9 @@ class SlidingWindowSampler:
                         replaced = step_end(step_index, window_index, timestep, latents)
                         latents = latents if replaced is None else replaced
                     latents = latents.to("cpu", torch.float32)
-                    if window.overlap and step_index > 0:
+                    # As published, overlaps blend from the second step on; a one-step sampler (a distilled
+                    # student) blends at its only step, or each window would overwrite its predecessor: a seam.
+                    if window.overlap and (step_index > 0 or len(timesteps) == 1):
                         weights = blend_weights(window.overlap, self.weighting).view(1, 1, -1, 1, 1)
                         previous = fused[:, :, window.start : window.start + window.overlap]
                         head = latents[:, :, : window.overlap]
