@@ -18,7 +18,10 @@ else
     data=(--precomputed_dir "$CACHE")
 fi
 launch=(python3)
-[ -n "${ACCELERATE_CONFIG:-}" ] && launch=(accelerate launch --config_file "$ACCELERATE_CONFIG")
+if [ -n "${ACCELERATE_CONFIG:-}" ]; then  # one process per GPU (PROCESSES_PER_MACHINE: see scripts/train.sh)
+    source scripts/processes_per_machine.sh
+    launch=(accelerate launch --config_file "$ACCELERATE_CONFIG" --num_processes "$per_machine")
+fi
 exec "${launch[@]}" -m wan.training.distill --teacher "$teacher" --output_dir "$output" "${data[@]}" \
     --student_steps 1 2 4 --samples_per_window 4 --train_batch_size 4 --learning_rate 2e-4 --lr_warmup_steps 10 \
     --max_train_steps 200 --seed 1 "$@"

@@ -29,16 +29,7 @@ esac
 if [ "${MULTINODE:-0}" = 1 ]; then
     : "${NUM_MACHINES:?set NUM_MACHINES}" "${MACHINE_RANK:?set MACHINE_RANK}" "${MAIN_PROCESS_IP:?set MAIN_PROCESS_IP}"
 fi
-gpus=$(python3 -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
-if [ -z "${PROCESSES_PER_MACHINE:-}" ] && [ "$gpus" = 0 ] && [ "${DRY_RUN:-0}" != 1 ]; then
-    echo "error: no CUDA GPU found on this machine; set PROCESSES_PER_MACHINE=1 to train on the CPU anyway (slow)" >&2
-    exit 2
-fi
-per_machine="${PROCESSES_PER_MACHINE:-$gpus}"
-[ "$per_machine" = 0 ] && [ "${DRY_RUN:-0}" = 1 ] && per_machine=1
-case "$per_machine" in
-    '' | *[!0-9]* | 0) echo "error: PROCESSES_PER_MACHINE must be a positive whole number, got '$per_machine'" >&2; exit 2 ;;
-esac
+source scripts/processes_per_machine.sh
 launch=(accelerate launch)
 if [ "${MULTINODE:-0}" = 1 ]; then
     machines="$NUM_MACHINES"

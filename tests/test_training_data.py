@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -158,6 +159,32 @@ def test_launchers_assemble_the_preset_commands() -> None:
     assert all(name in big for name in ("video_square_path.txt", "video_rec_path.txt", "video_vec_path.txt"))
     missing = subprocess.run(["bash", "train_14B_multinode.sh"], cwd=REPO, capture_output=True, text=True)
     assert missing.returncode != 0 and "NUM_MACHINES" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("script", "env"),
+    [
+        ("train_1B_square.sh", {}),
+        (
+            "train_14B_multinode.sh",
+            {"NUM_MACHINES": "2", "MACHINE_RANK": "0", "MAIN_PROCESS_IP": "127.0.0.1"},
+        ),
+        (
+            "train_distill.sh",
+            {"ACCELERATE_CONFIG": "accelerate_config/accelerate_config_machine_1B_single.yaml"},
+        ),
+    ],
+)
+def test_launchers_without_a_gpu_stop_before_launching_with_one_line(tmp_path, script, env) -> None:
+    environment = {key: value for key, value in os.environ.items() if key != "PROCESSES_PER_MACHINE"}
+    environment.update(CUDA_VISIBLE_DEVICES="", OUTPUT_DIR=str(tmp_path / "out"), **env)
+    result = subprocess.run(
+        ["bash", script], cwd=REPO, capture_output=True, text=True, env=environment, timeout=120
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: no CUDA GPU found")
+    assert "PROCESSES_PER_MACHINE=1" in result.stderr  # what to do instead
+    assert not (tmp_path / "out").exists()  # nothing started
 
 
 def test_training_script_without_data_is_a_one_line_error(tmp_path) -> None:
