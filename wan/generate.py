@@ -7,14 +7,17 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
+from . import checks
 from .errors import UserFacingError
-from .generation_settings import recommended_settings
+from .generation_settings import SAMPLE_RATE, recommended_settings
 from .loading.lora import load_lora
 from .loading.released import ReleasedLayout, load_released_pipeline
 from .loading.transformer import load_transformer_weights
-from .media import FragmentedVideoWriter
+from .media import FragmentedVideoWriter, load_audio, load_image
 from .models.fsdp import shard_transformer
 from .pipeline.conditioning import DEFAULT_NEGATIVE_PROMPT
 from .pipeline.memory import MEMORY_MODES, QUANTIZATIONS
@@ -336,17 +339,21 @@ def _load_base_pipeline(args: argparse.Namespace, dtype: torch.dtype) -> StableA
             wav2vec_dir=args.pretrained_wav2vec_path or checkpoints / "wav2vec2-base-960h",
         )
         return load_released_pipeline(layout, dtype)
+    return StableAvatarPipeline.from_pretrained(checked_model_folder(args), dtype=dtype)
+
+
+def checked_model_folder(args: argparse.Namespace) -> Path | None:
+    """`model_folder(args)`, checked to be a complete converted folder (None for the tiny random model and
+    the downloaded layout)."""
     model_dir = model_folder(args)
-    if model_dir is None:
-        raise UserFacingError(
-            "no model given: pass --model_dir (a converted folder), --pretrained_model_name_or_path with "
-            "--transformer_path (the downloaded files), or --random_tiny_model to try the program"
-        )
-    if not (model_dir / "model_index.json").is_file():
-        raise UserFacingError(
-            f"{model_dir} is not a converted model folder (no model_index.json); run python -m wan.convert"
-        )
-    return StableAvatarPipeline.from_pretrained(model_dir, dtype=dtype)
+    if model_dir is not None:
+        return checks.model_folder(model_dir)
+    if args.random_tiny_model or args.pretrained_model_name_or_path is not None:
+        return None
+    raise UserFacingError(
+        "no model given: pass --model_dir (a converted folder), --pretrained_model_name_or_path with "
+        "--transformer_path (the downloaded files), or --random_tiny_model to try the program"
+    )
 
 
 def model_folder(args: argparse.Namespace) -> Path | None:
@@ -365,6 +372,33 @@ def fill_model_defaults(args: argparse.Namespace) -> None:
             setattr(args, flag, settings[name])
 
 
+def check_before_loading(args: argparse.Namespace) -> Path:
+    """Everything about the flags that can be checked without the model: the model folder, the sampling
+    settings (filled from the folder's recommendations) and the output location. Returns the mp4's path."""
+    checked_model_folder(args)
+    fill_model_defaults(args)
+    if args.stream and args.save_frames:
+        raise UserFacingError("--save_frames is not available with --stream; drop one of them")
+    checks.writable_folder(args.output_dir, "--output_dir")
+    output_path = args.output_dir / checks.file_name(args.output_name, "--output_name")
+    checks.writable_file(output_path, "the output file")
+    StableAvatarPipeline.check_inputs(
+        args.height,
+        args.width,
+        args.clip_sample_n_frames,
+        args.overlap_window_length,
+        args.fps,
+        output_path=output_path,
+        sampling_order="windows" if args.stream else args.sampling_order,
+        prefix=args.window_prefix,
+        num_inference_steps=args.sample_steps,
+        text_guidance_scale=args.sample_text_guide_scale,
+        audio_guidance_scale=args.sample_audio_guide_scale,
+        seed=args.seed,
+    )
+    return output_path
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     parallel_mode = sequence_parallel_mode(args)
@@ -377,8 +411,11 @@ def main(argv: list[str] | None = None) -> int:
         args.validation_reference_path,
         *([] if from_stdin else [args.validation_driven_audio_path]),
     ):
-        if not path.is_file():
-            raise UserFacingError(f"input file not found: {path}")
+        checks.existing_file(path, "input file")
+    output_path = check_before_loading(args)
+    # Read (and so check) the inputs before the model: a bad file costs seconds, not a model load.
+    reference = load_image(args.validation_reference_path)
+    audio = None if from_stdin else load_audio(args.validation_driven_audio_path, SAMPLE_RATE)
     options = runtime_options(args)
     device = options.torch_device()
     is_main = True
@@ -386,7 +423,6 @@ def main(argv: list[str] | None = None) -> int:
         device, is_main = init_distributed(device)
         check_parallel_degrees(args)
     pipeline = load_pipeline(args, options.compute_dtype(device))
-    fill_model_defaults(args)
     configure_pipeline(pipeline, options, device)
     if parallel_mode:
         try:
@@ -397,12 +433,11 @@ def main(argv: list[str] | None = None) -> int:
         shard_transformer(pipeline.transformer, device.type)
 
     started = time.monotonic()
-    output_path = args.output_dir / args.output_name
     if args.stream:
-        return stream_to_file(pipeline, args, output_path, from_stdin)
+        return stream_to_file(pipeline, args, output_path, reference, audio)
     result = pipeline(
-        image=args.validation_reference_path,
-        audio=args.validation_driven_audio_path,
+        image=reference,
+        audio=audio,
         prompt=" ".join(args.validation_prompts),
         negative_prompt=args.negative_prompt,
         height=args.height,
@@ -435,17 +470,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def stream_to_file(
-    pipeline: StableAvatarPipeline, args: argparse.Namespace, output_path: Path, from_stdin: bool
+    pipeline: StableAvatarPipeline,
+    args: argparse.Namespace,
+    output_path: Path,
+    reference: Image.Image,
+    waveform: np.ndarray | None,
 ) -> int:
-    """`--stream`: a fragmented mp4 at `output_path`, valid and playable after every window."""
-    if args.save_frames:
-        raise UserFacingError("--save_frames is not available with --stream; drop one of them")
-    audio = pcm_chunks(sys.stdin.buffer) if from_stdin else file_chunks(args.validation_driven_audio_path)
+    """`--stream`: a fragmented mp4 at `output_path`, valid and playable after every window; the audio is
+    `waveform` (16 kHz mono) or, when None, raw PCM from stdin."""
+    audio = pcm_chunks(sys.stdin.buffer) if waveform is None else file_chunks(waveform)
     started = time.monotonic()
     frames = 0
     with FragmentedVideoWriter(output_path, fps=args.fps, audio_sample_rate=16000) as writer:
         for piece in pipeline.stream(
-            image=args.validation_reference_path,
+            image=reference,
             audio=audio,
             prompt=" ".join(args.validation_prompts),
             negative_prompt=args.negative_prompt,

@@ -26,7 +26,8 @@ import torch
 from PIL import Image, ImageOps
 from scipy.signal import resample_poly
 
-from .errors import MissingFileError, UserFacingError
+from .checks import existing_file
+from .errors import UserFacingError
 
 _AUDIO_HINT = "pass a wav, mp3, flac, m4a, ogg or video file with speech or singing"
 _IMAGE_HINT = "pass a PNG, JPEG or WebP image of the person"
@@ -38,15 +39,6 @@ def _one_line(error: BaseException) -> str:
     # FFmpeg errors carry a short reason in strerror; str() adds the errno and file name.
     text = getattr(error, "strerror", None) or str(error)
     return " ".join(text.split()) or type(error).__name__
-
-
-def _existing_file(source: str | os.PathLike[str], kind: str) -> Path:
-    path = Path(source)
-    if not path.exists():
-        raise MissingFileError(f"{kind} file not found: {path}; check the path")
-    if not path.is_file():
-        raise UserFacingError(f"{path} is not a file; pass a {kind} file")
-    return path
 
 
 # ----------------------------------------------------------------------------------------------- audio
@@ -79,7 +71,7 @@ def load_audio(
         if rate <= 0:
             raise UserFacingError(f"source_sample_rate must be positive, got {rate}")
     else:
-        mono, rate = _decode_audio_file(_existing_file(source, "audio"))
+        mono, rate = _decode_audio_file(existing_file(source, "audio file"))
     return _resample(mono, rate, sample_rate)
 
 
@@ -106,8 +98,12 @@ def _waveform_to_mono(waveform: np.ndarray | torch.Tensor, what: str) -> np.ndar
     if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
         raise UserFacingError(f"{what} has dtype {array.dtype}; pass float or integer samples")
     mono = _pcm_to_float(array).mean(axis=0, dtype=np.float64).astype(np.float32)
+    return _finite_samples(mono, what)
+
+
+def _finite_samples(mono: np.ndarray, what: str) -> np.ndarray:
     if not np.isfinite(mono).all():
-        raise UserFacingError(f"{what} contains NaN or infinite samples; pass finite samples")
+        raise UserFacingError(f"{what} contains NaN or infinite samples; pass audio with finite samples")
     return mono
 
 
@@ -132,7 +128,7 @@ def _decode_audio_file(path: Path) -> tuple[np.ndarray, int]:
         raise UserFacingError(
             f"cannot decode audio file {path.name} ({_one_line(error)}); {_AUDIO_HINT}"
         ) from None
-    return mono, rate
+    return _finite_samples(mono, path.name), rate
 
 
 def _decode_audio_stream(container: Any, stream: Any, name: str) -> tuple[np.ndarray, int]:
@@ -187,7 +183,7 @@ def load_image(source: str | os.PathLike[str] | Image.Image | np.ndarray) -> Ima
     elif isinstance(source, np.ndarray):
         image = _array_to_image(source)
     elif isinstance(source, (str, os.PathLike)):
-        path = _existing_file(source, "image")
+        path = existing_file(source, "image file")
         try:
             with Image.open(path) as opened:
                 opened.load()  # read now, so truncated files fail here and the file handle is closed
@@ -581,7 +577,7 @@ def read_video_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     "duration": float (frames / fps, seconds), "has_audio": bool, "audio_duration": float (seconds of
     decoded audio, 0.0 without audio), "audio_sample_rate": int | None (Hz)}.
     """
-    path = _existing_file(path, "video")
+    path = existing_file(path, "video file")
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:

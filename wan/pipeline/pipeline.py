@@ -19,6 +19,7 @@ from transformers import (
     Wav2Vec2Model,
 )
 
+from ..checks import at_least, finite
 from ..errors import UserFacingError
 from ..generation_settings import PUBLISHED_FPS, PUBLISHED_SETTINGS, SAMPLE_RATE
 from ..media import VideoWriter, load_audio, load_image
@@ -51,6 +52,7 @@ from .windows_outer import PREFIX_MODES, SAMPLING_ORDERS, WindowsOuterSampler
 
 # Height and width: the VAE's 8x times the transformer's 2x2 patches (`_check_components` verifies it).
 SIZE_MULTIPLE = 16
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes up to an unsigned 64-bit number
 
 OUTPUT_TYPES = {
     "mp4": "an mp4 with the audio at output_path (frames decoded and written chunk by chunk)",
@@ -230,6 +232,10 @@ class StableAvatarPipeline(DiffusionPipeline):
             prompt_embeds,
             negative_prompt_embeds,
             callback_on_step_end_tensor_inputs,
+            num_inference_steps,
+            text_guidance_scale,
+            audio_guidance_scale,
+            seed,
         )
         self._interrupt = False
         self._num_timesteps = num_inference_steps
@@ -387,7 +393,21 @@ class StableAvatarPipeline(DiffusionPipeline):
             latency since the first audio sample arrived. The last one ends the video at the audio's length.
         """
         self._check_components()
-        self.check_inputs(height, width, clip_length, overlap, fps, "latent", None, "windows", prefix)
+        self.check_inputs(
+            height,
+            width,
+            clip_length,
+            overlap,
+            fps,
+            "latent",
+            None,
+            "windows",
+            prefix,
+            num_inference_steps=num_inference_steps,
+            text_guidance_scale=text_guidance_scale,
+            audio_guidance_scale=audio_guidance_scale,
+            seed=seed,
+        )
         device = self._execution_device
         window_length = latent_frames_for_clip(clip_length)
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if seed is None else int(seed)
@@ -508,8 +528,13 @@ class StableAvatarPipeline(DiffusionPipeline):
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
         callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
+        num_inference_steps: int = 1,
+        text_guidance_scale: float = 0.0,
+        audio_guidance_scale: float = 0.0,
+        seed: int | None = None,
     ) -> None:
-        """Raise a `UserFacingError` saying what to change when a setting cannot work (before any encoding)."""
+        """Raise a `UserFacingError` saying what to change when a setting cannot work (before any encoding;
+        the command line calls it before loading the model)."""
         if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE or height <= 0 or width <= 0:
             raise UserFacingError(
                 f"width and height must be positive multiples of {SIZE_MULTIPLE}, got {width}x{height}; "
@@ -522,8 +547,13 @@ class StableAvatarPipeline(DiffusionPipeline):
             raise UserFacingError(
                 f"overlap must be between 0 and {window_length - 1} latent frames for a {clip_length}-frame clip, got {overlap}"
             )
-        if SAMPLE_RATE % fps:
-            raise UserFacingError(f"fps must divide {SAMPLE_RATE} (e.g. 25), got {fps}")
+        if fps <= 0 or SAMPLE_RATE % fps:
+            raise UserFacingError(f"fps must be a positive divisor of {SAMPLE_RATE} (e.g. 25), got {fps}")
+        at_least(num_inference_steps, 1, "the number of denoising steps", " (30-50 recommended)")
+        finite(text_guidance_scale, "the text guidance scale", " (3-6 recommended)")
+        finite(audio_guidance_scale, "the audio guidance scale", " (3-6 recommended)")
+        if seed is not None and not 0 <= seed <= MAX_SEED:
+            raise UserFacingError(f"the seed must be a whole number from 0 to {MAX_SEED}, got {seed}")
         if output_type not in OUTPUT_TYPES:
             raise UserFacingError(
                 f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}"

@@ -59,7 +59,10 @@ def resolve_device(name: str) -> torch.device:
     """'auto' -> CUDA when available, else the CPU; a CUDA device without a GPU is a clear error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserFacingError(f"unknown device {name!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserFacingError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
     return device

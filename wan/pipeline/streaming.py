@@ -55,9 +55,10 @@ def pcm_chunks(stream: BinaryIO, chunk_samples: int = 1600) -> Iterator[np.ndarr
             yield np.frombuffer(data[:whole], dtype="<i2").astype(np.float32) / 32768.0
 
 
-def file_chunks(path: str | Path, chunk_samples: int = 1600) -> Iterator[np.ndarray]:
-    """An audio file (any format `load_audio` reads) at 16 kHz mono, in chunks of `chunk_samples`."""
-    waveform = load_audio(path, 16000)
+def file_chunks(source: str | Path | np.ndarray, chunk_samples: int = 1600) -> Iterator[np.ndarray]:
+    """An audio file (any format `load_audio` reads) or a 16 kHz waveform, as 16 kHz mono chunks of
+    `chunk_samples`."""
+    waveform = load_audio(source, 16000)
     for start in range(0, len(waveform), chunk_samples):
         yield waveform[start : start + chunk_samples]
 

@@ -20,6 +20,7 @@ from diffusers.optimization import get_scheduler
 from safetensors.torch import save_file
 from torch.utils.data import ConcatDataset, DataLoader
 
+from ..checks import model_folder
 from ..errors import UserFacingError
 from ..loading.lora import is_audio_parameter, lora_config, save_lora
 from ..loading.released import SCHEDULER_CONFIG
@@ -360,9 +361,9 @@ class Trainer(TrainingLoop):
 
 
 def _load_pipeline(folder: Path | None) -> StableAvatarPipeline:
-    if folder is None or not (folder / "model_index.json").is_file():
-        raise UserFacingError(f"{folder} is not a converted model folder; run python -m wan.convert first")
-    return StableAvatarPipeline.from_pretrained(folder)
+    if folder is None:
+        raise UserFacingError("no model folder given; pass a converted one (python -m wan.convert)")
+    return StableAvatarPipeline.from_pretrained(model_folder(folder))
 
 
 def _build_optimizer(config: TrainConfig, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:

@@ -1,0 +1,151 @@
+"""Issue 22's bad input: every entry point answers with one line (`error: ...`) that names the problem and
+what to do, exits non-zero, writes nothing, and refuses what it can before any model is loaded."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from safetensors.torch import save_file
+
+import wan.generate
+from tests.test_inference_cli import EXAMPLE, SMALL, _inputs
+from wan.cli import run_cli
+from wan.generate import main
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "checkpoints" / "demo"
+
+
+def files_under(folder: Path) -> set[Path]:
+    return set(folder.rglob("*"))
+
+
+def assert_one_line_error(capsys, code: int, *phrases: str, only_line: bool = True) -> str:
+    """Exit code 2, no traceback, and an `error: ` line holding every phrase (the only stderr line unless
+    something, e.g. a loading progress bar, legitimately printed before it)."""
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    if only_line:
+        assert len(lines) == 1, err
+    line = lines[-1]
+    assert line.startswith("error: "), err
+    for phrase in phrases:
+        assert phrase in line, line
+    return line
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Fails the test if inference.py gets as far as loading a model."""
+
+    def refuse(*args, **kwargs):
+        pytest.fail("the model was loaded before the bad input was refused")
+
+    monkeypatch.setattr(wan.generate, "load_pipeline", refuse)
+
+
+@pytest.fixture
+def bad_files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("bad")
+    a_file = folder / "a_file"
+    a_file.write_text("not a folder")
+    nan_audio = np.zeros(16000, np.float32)
+    nan_audio[100] = np.nan
+    soundfile.write(folder / "nan.wav", nan_audio, 16000, subtype="FLOAT")
+    save_file({"weight": torch.zeros(64, 64)}, str(folder / "whole.safetensors"))
+    data = (folder / "whole.safetensors").read_bytes()
+    (folder / "truncated.safetensors").write_bytes(data[: len(data) // 2])
+    (folder / "text.safetensors").write_text("these are not weights\n")
+    (folder / "text.pt").write_text("these are not weights\n")
+    return {
+        "file": a_file,
+        "nan_audio": folder / "nan.wav",
+        "truncated": folder / "truncated.safetensors",
+        "text_safetensors": folder / "text.safetensors",
+        "text_pt": folder / "text.pt",
+    }
+
+
+# ---------------------------------------------------------------------------- inference: before loading
+
+
+def _unwritable_folder() -> Path:
+    """A folder nobody can create files in, root included (sysfs refuses new files)."""
+    folder = Path("/sys")
+    if sys.platform != "linux" or not folder.is_dir():
+        pytest.skip("needs Linux's /sys")
+    try:
+        (folder / "stableavatar-probe").touch()
+    except OSError:
+        return folder / "stableavatar-outputs"
+    pytest.skip("/sys is writable here")
+
+
+@pytest.mark.parametrize(
+    ("flags", "phrases"),
+    [
+        (["--output_dir", "{file}"], ["--output_dir", "is a file, not a folder"]),
+        (["--output_dir", "{file}/videos"], ["--output_dir", "is a file, not a folder"]),
+        (["--output_dir", "{unwritable}"], ["--output_dir", "cannot write in /sys"]),
+        (["--output_name", ""], ["--output_name", "not a file name"]),
+        (["--output_name", "taken"], ["is a folder", "pass a file path"]),
+        (["--sample_text_guide_scale", "nan"], ["text guidance scale must be a finite number", "nan"]),
+        (["--sample_audio_guide_scale", "inf"], ["audio guidance scale must be a finite number", "inf"]),
+        (["--sample_audio_guide_scale=-inf"], ["audio guidance scale must be a finite number"]),
+        (["--validation_driven_audio_path", "{nan_audio}"], ["nan.wav contains NaN", "finite samples"]),
+    ],
+)
+def test_output_location_and_non_finite_values_are_refused_before_loading(
+    flags, phrases, bad_files, no_model_loading, tmp_path, capsys
+) -> None:
+    out = tmp_path / "out"
+    (out / "taken").mkdir(parents=True)
+    values = {"file": bad_files["file"], "nan_audio": bad_files["nan_audio"]}
+    if "{unwritable}" in flags:
+        values["unwritable"] = _unwritable_folder()
+    flags = [flag.format(**values) for flag in flags]
+    before = files_under(tmp_path) | files_under(bad_files["file"].parent)
+    code = run_cli(main, ["--random_tiny_model", *_inputs(), *SMALL, "--output_dir", str(out), *flags])
+    line = assert_one_line_error(capsys, code, *phrases)
+    assert "video frame" not in line  # caught up front, not as NaN frames after a whole generation
+    assert files_under(tmp_path) | files_under(bad_files["file"].parent) == before
+
+
+@pytest.mark.parametrize(
+    ("flags", "phrases"),
+    [
+        (["--sample_steps=-1"], ["number of denoising steps must be at least 1", "got -1"]),
+        (["--sample_steps", "0"], ["number of denoising steps must be at least 1", "got 0"]),
+        (["--fps", "0"], ["fps must be a positive divisor of 16000", "got 0"]),
+        (["--fps=-25"], ["fps must be a positive divisor of 16000", "got -25"]),
+        (["--seed", str(2**64)], ["seed must be a whole number from 0 to", str(2**64)]),
+        (["--device", "nonsense"], ["unknown device 'nonsense'", "'cpu'"]),
+        (["--validation_reference_path", str(EXAMPLE)], ["is a folder, not a file", "pass the file itself"]),
+    ],
+)
+def test_impossible_settings_are_one_line_before_loading(flags, phrases, no_model_loading, tmp_path, capsys):
+    code = run_cli(main, ["--random_tiny_model", *_inputs(), *SMALL, "--output_dir", str(tmp_path), *flags])
+    line = assert_one_line_error(capsys, code, *phrases)
+    assert " ms" not in line  # --fps -25 used to be reported as a "-40 ms" frame
+    assert files_under(tmp_path) == set()
+
+
+def test_model_folder_without_vae_is_refused_before_loading(no_model_loading, tmp_path, capsys) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    shutil.copy(DEMO / "model_index.json", folder)
+    for name, value in json.loads((DEMO / "model_index.json").read_text()).items():
+        if isinstance(value, list) and name != "vae":
+            (folder / name).mkdir()
+    code = run_cli(main, ["--model_dir", str(folder), *_inputs(), "--output_dir", str(tmp_path / "out")])
+    assert_one_line_error(capsys, code, "has no vae/", "python -m wan.convert")
+    assert not (tmp_path / "out").exists()
