@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "wan"
 # Lowest first. A module may import its own layer and those before it.
 LAYERS = [
-    {"wan", "wan.errors", "wan.generation_settings", "wan.cli", "wan.media"},
+    {"wan", "wan.errors", "wan.checks", "wan.generation_settings", "wan.cli", "wan.media"},
     {"wan.models"},
     {"wan.pipeline"},
     {"wan.loading", "wan.preprocess", "wan.evaluation"},
