@@ -4,6 +4,7 @@ what to do, exits non-zero, writes nothing, and refuses what it can before any m
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -15,9 +16,14 @@ import torch
 from safetensors.torch import save_file
 
 import wan.generate
+from tests.released_layout import write_released_layout
 from tests.test_inference_cli import EXAMPLE, SMALL, _inputs
 from wan.cli import run_cli
+from wan.convert import main as convert_main
+from wan.errors import CheckpointError
+from wan.evaluation.syncnet import load_syncnet
 from wan.generate import main
+from wan.loading.state_dict import load_state_dict_file
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "checkpoints" / "demo"
@@ -73,6 +79,24 @@ def bad_files(tmp_path_factory) -> dict[str, Path]:
         "text_safetensors": folder / "text.safetensors",
         "text_pt": folder / "text.pt",
     }
+
+
+class RunsCode:
+    """A pickle that runs a shell command when unpickled (what a malicious .pt/.ckpt does)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture
+def malicious_pickle(tmp_path) -> tuple[Path, Path]:
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "weights.pt"
+    torch.save({"weight": torch.zeros(2), "payload": RunsCode(marker)}, path)
+    return path, marker
 
 
 # ---------------------------------------------------------------------------- inference: before loading
@@ -149,3 +173,78 @@ def test_model_folder_without_vae_is_refused_before_loading(no_model_loading, tm
     code = run_cli(main, ["--model_dir", str(folder), *_inputs(), "--output_dir", str(tmp_path / "out")])
     assert_one_line_error(capsys, code, "has no vae/", "python -m wan.convert")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "phrases"),
+    [
+        ("truncated", ["truncated.safetensors is not a valid, complete safetensors file", "download"]),
+        ("text_safetensors", ["text.safetensors is not a valid, complete safetensors file"]),
+        ("text_pt", ["text.pt is not a weights file", "pass the .safetensors or .pt file"]),
+    ],
+)
+def test_broken_transformer_file_is_refused_before_loading(
+    name, phrases, bad_files, no_model_loading, tmp_path, capsys
+) -> None:
+    flags = ["--transformer_path", str(bad_files[name]), "--output_dir", str(tmp_path)]
+    code = run_cli(main, ["--random_tiny_model", *_inputs(), *SMALL, *flags])
+    assert_one_line_error(capsys, code, *phrases)
+    assert files_under(tmp_path) == set()
+
+
+# ------------------------------------------------------------------------------------- unsafe pickles
+
+
+def test_malicious_pickle_is_refused_in_one_line_and_never_runs(malicious_pickle, tmp_path, capsys):
+    path, marker = malicious_pickle
+    with pytest.raises(CheckpointError) as caught:
+        load_state_dict_file(path)
+    message = str(caught.value)
+    assert message.startswith("unsafe pickle refused: ") and "\n" not in message
+    assert "system" in message and "use a .safetensors file" in message
+    with pytest.raises(CheckpointError, match="^unsafe pickle refused: "):
+        load_syncnet(path)
+    # the command line: the same single line after the (tiny) model is built
+    code = run_cli(
+        main,
+        [
+            "--random_tiny_model",
+            *_inputs(),
+            *SMALL,
+            "--transformer_path",
+            str(path),
+            "--output_dir",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert_one_line_error(capsys, code, "unsafe pickle refused", "safetensors", only_line=False)
+    assert not marker.exists() and not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------------------------------- wan.convert
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory):
+    return write_released_layout(tmp_path_factory.mktemp("released") / "checkpoints")
+
+
+@pytest.mark.parametrize(
+    ("name", "phrases"),
+    [
+        ("truncated", ["truncated.safetensors is not a valid, complete safetensors file"]),
+        ("text_pt", ["text.pt is not a weights file"]),
+    ],
+)
+def test_convert_refuses_a_broken_transformer_file(released, bad_files, name, phrases, tmp_path, capsys):
+    flags = ["--checkpoints_dir", str(released.base_dir.parent), "--output", str(tmp_path / "converted")]
+    code = run_cli(convert_main, [*flags, "--transformer_path", str(bad_files[name])])
+    assert_one_line_error(capsys, code, *phrases)
+    assert files_under(tmp_path) == set()
+
+
+def test_convert_refuses_a_file_as_output_folder(released, bad_files, tmp_path, capsys) -> None:
+    flags = ["--checkpoints_dir", str(released.base_dir.parent), "--output", str(bad_files["file"])]
+    code = run_cli(convert_main, flags)
+    assert_one_line_error(capsys, code, "--output", "is a file, not a folder")
+    assert bad_files["file"].read_text() == "not a folder"

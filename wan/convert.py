@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .checks import writable_folder
 from .cli import atomic_directory, parse_dtype, run_cli
 from .loading.released import ReleasedLayout, load_released_pipeline
+from .loading.state_dict import check_weights_file
 
 TRANSFORMER_VARIANTS = {"square": "transformer3d-square.pt", "rec-vec": "transformer3d-rec-vec.pt"}
 
@@ -79,6 +81,12 @@ def layout_from_args(args: argparse.Namespace) -> ReleasedLayout:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     layout = layout_from_args(args)
+    # Checked before the slow loads: the files are all there, the transformer file is whole, the output
+    # can be written.
+    layout.check()
+    if layout.transformer_path is not None:
+        check_weights_file(layout.transformer_path)
+    writable_folder(args.output, "--output")
     pipeline = load_released_pipeline(layout, parse_dtype(args.dtype))
     with atomic_directory(args.output) as staging:
         pipeline.save_pretrained(staging, safe_serialization=True)

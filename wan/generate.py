@@ -16,6 +16,7 @@ from .errors import UserFacingError
 from .generation_settings import SAMPLE_RATE, recommended_settings
 from .loading.lora import load_lora
 from .loading.released import ReleasedLayout, load_released_pipeline
+from .loading.state_dict import check_weights_file
 from .loading.transformer import load_transformer_weights
 from .media import FragmentedVideoWriter, load_audio, load_image
 from .models.fsdp import shard_transformer
@@ -376,6 +377,8 @@ def check_before_loading(args: argparse.Namespace) -> Path:
     """Everything about the flags that can be checked without the model: the model folder, the sampling
     settings (filled from the folder's recommendations) and the output location. Returns the mp4's path."""
     checked_model_folder(args)
+    if args.transformer_path is not None:
+        check_weights_file(args.transformer_path)
     fill_model_defaults(args)
     if args.stream and args.save_frames:
         raise UserFacingError("--save_frames is not available with --stream; drop one of them")

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import UserFacingError
+from ..loading.state_dict import load_state_dict_file
 
 EMBEDDING_DIM = 1024
 CROP_SIZE = 224  # pixels of the square face crop the lip stream reads
@@ -115,19 +116,7 @@ def load_syncnet(path: str | Path) -> SyncNet:
     path = Path(path)
     if not path.is_file():
         raise UserFacingError(f"SyncNet weights not found: {path}; pass the path of syncnet_v2.model")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same one-line answer
-        raise UserFacingError(
-            f"cannot read SyncNet weights {path.name}: {str(error).splitlines()[0]}"
-        ) from None
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
+    state = load_state_dict_file(path)
     model = SyncNet()
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [name for name in missing if not name.endswith("num_batches_tracked")]

@@ -5,15 +5,20 @@ their released name."""
 
 from __future__ import annotations
 
+import pickle
+import re
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
 import torch
 from accelerate import init_empty_weights
+from safetensors import safe_open
 from safetensors.torch import load_file
 
-from ..errors import CheckpointError, MissingFileError
+from ..checks import existing_file
+from ..errors import CheckpointError
 
 # (released key, transform of the released tensor into the model's tensor or None for identity)
 Source = tuple[str, Callable[[torch.Tensor], torch.Tensor] | None]
@@ -23,29 +28,70 @@ ModelT = TypeVar("ModelT", bound=torch.nn.Module)
 
 # Wrappers that training frameworks put around a state dict.
 _WRAPPER_KEYS = ("state_dict", "module", "model")
+_PICKLE_PROTO = b"\x80"  # the first byte of every pickle since protocol 2
+# torch.load(weights_only=True) names what a refused pickle would have called, e.g. "GLOBAL posix.system".
+_REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+)")
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from `.safetensors`, or from `.pt`/`.pth`/`.bin`/`.ckpt` without running pickled code.
 
     A dict wrapped in `"state_dict"`, `"module"` or `"model"` (as DeepSpeed and Lightning save them) is
-    unwrapped. Tensors are returned on the CPU.
+    unwrapped. Tensors are returned on the CPU. A truncated or foreign file, or a pickle that would call
+    anything but tensor constructors, raises a one-line `CheckpointError`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"checkpoint file not found: {path}")
-    if path.suffix == ".safetensors":
-        return load_file(str(path), device="cpu")
+    path = check_weights_file(path)
     try:
-        loaded = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:
-        # Old (non-zip) pickles cannot be memory-mapped.
-        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle.UnpicklingError and friends: say what the file is, not a traceback
-        raise CheckpointError(
-            f"{path} is not a readable weights file ({type(error).__name__}: {error})"
-        ) from None
+        if path.suffix == ".safetensors":
+            return load_file(str(path), device="cpu")
+        if zipfile.is_zipfile(path):
+            loaded = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        else:  # old (non-zip) pickles cannot be memory-mapped
+            loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - every unreadable file gets one line naming it
+        raise weights_error(path, error) from None
     return unwrap_state_dict(loaded, source=str(path))
+
+
+def check_weights_file(path: str | Path) -> Path:
+    """`path` when it looks like a complete weights file, judged from its header alone (cheap, so command
+    lines call it before loading anything else): a safetensors header that covers the file, a zip archive
+    (PyTorch's format) or an old-style pickle."""
+    path = existing_file(path, "checkpoint file")
+    try:
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt"):
+                return path
+        if zipfile.is_zipfile(path):
+            return path
+        with path.open("rb") as handle:
+            if handle.read(1) == _PICKLE_PROTO:
+                return path
+    except Exception as error:  # noqa: BLE001
+        raise weights_error(path, error) from None
+    raise CheckpointError(
+        f"{path} is not a weights file (neither safetensors nor a PyTorch archive); pass the .safetensors or "
+        ".pt file itself"
+    )
+
+
+def weights_error(path: Path, error: Exception) -> CheckpointError:
+    """The one-line message for a weights file that could not be read."""
+    reason = " ".join(str(error).split())
+    refused = _REFUSED_GLOBAL.search(reason)
+    if isinstance(error, pickle.UnpicklingError) and refused:
+        return CheckpointError(
+            f"unsafe pickle refused: {path} would call {refused.group(1)} when loaded; only tensors are "
+            "accepted, so use a .safetensors file (or re-save the weights as a plain state dict)"
+        )
+    if path.suffix == ".safetensors":
+        return CheckpointError(
+            f"{path} is not a valid, complete safetensors file ({reason}); download or save it again"
+        )
+    return CheckpointError(
+        f"{path} is not a readable weights file ({type(error).__name__}: {reason}); pass a .safetensors "
+        "or PyTorch .pt state dict"
+    )
 
 
 def unwrap_state_dict(loaded: object, source: str = "checkpoint") -> dict[str, torch.Tensor]:
