@@ -24,6 +24,7 @@ from wan.errors import CheckpointError
 from wan.evaluation.syncnet import load_syncnet
 from wan.generate import main
 from wan.loading.state_dict import load_state_dict_file
+from wan.preprocess.cli import audio_extractor_main, lip_mask_extractor_main, prepare_dataset_main
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "checkpoints" / "demo"
@@ -248,3 +249,39 @@ def test_convert_refuses_a_file_as_output_folder(released, bad_files, tmp_path, 
     code = run_cli(convert_main, flags)
     assert_one_line_error(capsys, code, "--output", "is a file, not a folder")
     assert bad_files["file"].read_text() == "not a folder"
+
+
+# -------------------------------------------------------------------------------------- data preparation
+
+
+def test_audio_extractor_refuses_a_folder_as_the_wav_file(tmp_path, capsys) -> None:
+    (tmp_path / "out").mkdir()
+    args = ["--video_path", str(EXAMPLE / "audio.wav"), "--saved_audio_path", str(tmp_path / "out")]
+    code = run_cli(audio_extractor_main, args)
+    assert_one_line_error(capsys, code, "--saved_audio_path", "is a folder", "pass a file path")
+    assert files_under(tmp_path) == {tmp_path / "out"}
+
+
+def test_audio_extractor_refuses_a_file_as_the_wav_folder(bad_files, tmp_path, capsys) -> None:
+    args = ["--video_path", str(EXAMPLE), "--saved_audio_path", str(bad_files["file"])]
+    code = run_cli(audio_extractor_main, args)
+    assert_one_line_error(capsys, code, "--saved_audio_path", "is a file, not a folder")
+    assert bad_files["file"].read_text() == "not a folder"
+
+
+def test_audio_extractor_refuses_a_wav_path_below_a_file(bad_files, tmp_path, capsys) -> None:
+    args = ["--video_path", str(EXAMPLE / "audio.wav"), "--saved_audio_path", f"{bad_files['file']}/x.wav"]
+    code = run_cli(audio_extractor_main, args)
+    assert_one_line_error(capsys, code, "--saved_audio_path", "is a file, not a folder")
+
+
+def test_prepare_dataset_refuses_a_file_as_the_dataset_folder(bad_files, capsys) -> None:
+    args = ["--video_path", str(EXAMPLE), "--output_root", str(bad_files["file"])]
+    code = run_cli(prepare_dataset_main, args)
+    assert_one_line_error(capsys, code, "--output_root", "is a file, not a folder")
+    assert bad_files["file"].read_text() == "not a folder"
+
+
+def test_mask_extractor_says_a_file_is_not_the_clip_folder(bad_files, capsys) -> None:
+    code = run_cli(lip_mask_extractor_main, ["--folder_root", str(bad_files["file"])])
+    assert_one_line_error(capsys, code, "is a file, not a folder", "clip folders")

@@ -19,6 +19,7 @@ import soundfile
 from scipy.signal import resample_poly
 from tqdm import tqdm
 
+from ..checks import writable_file, writable_folder
 from ..errors import MissingFileError, UserFacingError
 from ..media import load_audio
 
@@ -73,6 +74,7 @@ def extract_audio(
     """Write the first audio track of a video (or any audio file) as mono 16-bit wav at `sample_rate` Hz."""
     if sample_rate <= 0:
         raise UserFacingError(f"--sample_rate must be positive, got {sample_rate}")
+    writable_file(saved_audio_path, "the wav file (--saved_audio_path)")
     samples = load_audio(video_path, sample_rate)  # [S] float32 mono
     path = write_wav(saved_audio_path, samples, sample_rate)
     return ExtractedAudio(path, samples.size / sample_rate, sample_rate)
@@ -104,6 +106,7 @@ def extract_audio_folder(
     and the others go on.
     """
     video_dir, out_dir = Path(video_dir), Path(saved_audio_dir)
+    writable_folder(out_dir, "the wav folder (--saved_audio_path, with a folder as --video_path)")
     videos = find_files(video_dir, VIDEO_EXTENSIONS)
     if not videos:
         raise UserFacingError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) under {video_dir}")

@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from ..checks import writable_folder
 from ..errors import MissingFileError, UserFacingError
 from ..media import VideoWriter, load_audio
 from .audio import VIDEO_EXTENSIONS, find_files, load_stereo, write_wav
@@ -243,6 +244,7 @@ def build_dataset(
     options = options or BuildOptions()
     options.check()
     source, output_root = Path(source), Path(output_root).resolve()
+    writable_folder(output_root, "the dataset folder (--output_root)")
     videos = _find_videos(source)
     output_root.mkdir(parents=True, exist_ok=True)
     report = BuildReport(output_root, options.fps)

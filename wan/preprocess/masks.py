@@ -23,7 +23,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from ..errors import MissingFileError, UserFacingError
+from ..checks import existing_folder
+from ..errors import UserFacingError
 from ..media import load_image
 
 # Face Mesh landmark indices (MediaPipe's canonical 468-point topology).
@@ -195,10 +196,7 @@ def select_clips(folder_root: Path, start: int = 0, end: int | None = None) -> l
     number is the clip's index, as in the published script; otherwise the index is the position in the
     sorted list of folder names, from 0.
     """
-    if not folder_root.is_dir():
-        raise MissingFileError(
-            f"folder not found: {folder_root}; pass the folder that holds the clip folders"
-        )
+    existing_folder(folder_root, "the folder that holds the clip folders")
     folders = sorted(p for p in folder_root.iterdir() if p.is_dir() and not p.name.startswith("."))
     numbered = bool(folders) and all(p.name.isdigit() for p in folders)
     indexed = [(int(p.name) if numbered else i, p) for i, p in enumerate(folders)]
