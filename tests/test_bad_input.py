@@ -25,6 +25,8 @@ from wan.evaluation.syncnet import load_syncnet
 from wan.generate import main
 from wan.loading.state_dict import load_state_dict_file
 from wan.preprocess.cli import audio_extractor_main, lip_mask_extractor_main, prepare_dataset_main
+from wan.training.cli import main_for_preset
+from wan.training.loop import STATE_FILE, resolve_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "checkpoints" / "demo"
@@ -249,6 +251,36 @@ def test_convert_refuses_a_file_as_output_folder(released, bad_files, tmp_path, 
     code = run_cli(convert_main, flags)
     assert_one_line_error(capsys, code, "--output", "is a file, not a folder")
     assert bad_files["file"].read_text() == "not a folder"
+
+
+# ------------------------------------------------------------------------------------------- training
+
+
+def test_training_refuses_zero_frames(tmp_path, capsys) -> None:
+    code = main_for_preset(
+        "1B_square",
+        [
+            "--pretrained_model_name_or_path", str(DEMO),
+            "--output_dir", str(tmp_path / "run"),
+            "--video_sample_n_frames", "0",
+        ],
+    )  # fmt: skip
+    assert_one_line_error(capsys, code, "--video_sample_n_frames 0", "4k+1")
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_from_checkpoint_name_is_the_runs_own(tmp_path, monkeypatch) -> None:
+    """`--resume_from_checkpoint checkpoint-100` names the checkpoint in --output_dir, even when the working
+    directory happens to hold a folder of that name (another run's)."""
+    for folder in (tmp_path / "checkpoint-100", tmp_path / "run" / "checkpoint-100"):
+        folder.mkdir(parents=True)
+        (folder / STATE_FILE).write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_checkpoint("checkpoint-100", tmp_path / "run") == tmp_path / "run" / "checkpoint-100"
+    # a path to another folder still works
+    assert (
+        resolve_checkpoint(str(tmp_path / "checkpoint-100"), tmp_path / "run") == tmp_path / "checkpoint-100"
+    )
 
 
 # -------------------------------------------------------------------------------------- data preparation

@@ -167,16 +167,18 @@ def checkpoints_in(folder: Path) -> list[Path]:
 
 
 def resolve_checkpoint(choice: str, output_dir: Path) -> Path | None:
-    """'latest' (None when the run has none yet), a checkpoint-N name in `output_dir`, or a path."""
+    """'latest' (None when the run has none yet), a checkpoint-N name in `output_dir`, or a path.
+
+    A relative name is looked up in `output_dir` first (the run's own checkpoint-N), then as a path."""
     if choice == "latest":
         found = checkpoints_in(output_dir)
         return found[-1] if found else None
     path = Path(choice)
-    for candidate in (path, Path(output_dir) / path):
+    for candidate in (Path(output_dir) / path, path):
         if (candidate / STATE_FILE).is_file():
             return candidate
     raise UserFacingError(
-        f"checkpoint {choice} not found (looked in . and {output_dir}); use 'latest' or a checkpoint-N folder"
+        f"checkpoint {choice} not found (looked in {output_dir} and .); use 'latest' or a checkpoint-N folder"
     )
 
 
