@@ -201,9 +201,20 @@ def test_app_command_line_defaults_are_safe_and_errors_are_one_line(capsys) -> N
     assert capsys.readouterr().err.startswith("error: unknown dtype 'float7'")
 
 
-def test_server_is_local_serves_only_its_outputs_and_shows_readable_errors(tmp_path) -> None:
-    Client = pytest.importorskip("gradio_client").Client
+def test_server_is_local_serves_only_its_outputs_and_shows_readable_errors(
+    tmp_path, audio, monkeypatch
+) -> None:
+    gradio_client = pytest.importorskip("gradio_client")
+    Client, handle_file = gradio_client.Client, gradio_client.handle_file
     httpx = pytest.importorskip("httpx")
+    # Gradio's temp folder, shared by every Gradio app and user of the machine (/tmp/gradio by default).
+    shared = tmp_path / "gradio-shared"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(shared))
+    secret = shared / "0123abcd" / "another-apps-upload.txt"
+    secret.parent.mkdir(parents=True)
+    secret.write_text("not yours")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"this is not a PNG")
 
     from wan.app.cli import build_parser
     from wan.app.ui import build_ui, launch_options
@@ -224,10 +235,13 @@ def test_server_is_local_serves_only_its_outputs_and_shows_readable_errors(tmp_p
         base = f"http://127.0.0.1:{port}"
         assert http_get(base + "/")[0] == 200
         assert http_get(f"{base}/gradio_api/file={runner.output_dir / 'old.mp4'}")[0] == 200
-        for path in ("/etc/passwd", REPO / "README.md", IMAGE):
+        for path in ("/etc/passwd", REPO / "README.md", IMAGE, secret):
             assert http_get(f"{base}/gradio_api/file={path}")[0] == 403, path
         upload = f"{base}/gradio_api/upload"
-        assert httpx.post(upload, files={"files": ("a.wav", b"\0" * 1000)}, timeout=10).status_code == 200
+        uploaded = httpx.post(upload, files={"files": ("a.wav", b"\0" * 1000)}, timeout=10)
+        assert uploaded.status_code == 200
+        (own,) = uploaded.json()  # the app's own uploads are served back to the page, from its own folder
+        assert http_get(f"{base}/gradio_api/file={own}")[0] == 200 and shared not in Path(own).parents
         too_big = httpx.post(upload, files={"files": ("b.wav", b"\0" * 2_000_000)}, timeout=10)
         assert too_big.status_code == 413
         generation = [fn for fn in demo.fns.values() if fn.api_name == "generate"]
@@ -259,6 +273,13 @@ def test_server_is_local_serves_only_its_outputs_and_shows_readable_errors(tmp_p
         assert "Traceback" not in str(caught.value)
         with pytest.raises(Exception, match="the width must be a multiple of 16, got 100; try 96 or 112"):
             client.predict(**{**page, "width": 100}, api_name="/generate")
+        with pytest.raises(
+            Exception, match="broken.png is not an image this app can read; upload a PNG"
+        ) as caught:
+            client.predict(
+                **{**page, "image": handle_file(broken), "audio": handle_file(audio)}, api_name="/generate"
+            )
+        assert "Traceback" not in str(caught.value)
     finally:
         demo.close()
     assert runner._loader.calls == []

@@ -1,15 +1,21 @@
 """The Gradio page of `python app.py`: inputs, settings, a progress bar over steps x windows, Cancel, and
-the mp4 with its seed and settings. Safe by default: 127.0.0.1, upload limits, only the output folder
-served, one generation at a time behind a queue."""
+the mp4 with its seed and settings. Safe by default: 127.0.0.1, upload limits, only the output folder and
+the app's own temp folder served, one generation at a time behind a queue."""
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import inspect
 import logging
+import os
+import shutil
+import tempfile
+import types
 from pathlib import Path
 
 import gradio as gr
+from gradio.data_classes import ImageData
 
 from ..errors import UserFacingError
 from ..media import load_image
@@ -86,6 +92,45 @@ def _page_error(error: Exception) -> gr.Error:
     return gr.Error(user_message(error), print_exception=False)
 
 
+def _readable_preprocess(image: gr.Image, payload: ImageData | None) -> str | None:
+    """`gr.Image.preprocess`, with an unreadable upload as one readable line on the page (Gradio decodes the
+    upload before any handler runs, and shows its failure only as "Error")."""
+    try:
+        return gr.Image.preprocess(image, payload)
+    except Exception:
+        name = getattr(payload, "orig_name", None) or "the uploaded file"
+        raise _page_error(
+            UserFacingError(
+                f"{name} is not an image this app can read; upload a PNG, JPEG or WebP image of the person"
+            )
+        ) from None
+
+
+def _reference_image(elem_id: str) -> gr.Image:
+    """The reference image input (a file path). Its preprocess is replaced on the instance, not in a subclass:
+    Gradio writes a .pyi stub beside the source of every component subclass."""
+    image = gr.Image(
+        label="Reference image", type="filepath", sources=["upload", "clipboard"], height=280, elem_id=elem_id
+    )
+    image.preprocess = types.MethodType(_readable_preprocess, image)
+    return image
+
+
+def own_temp_folder() -> Path:
+    """Point Gradio at a new private folder of this app's own (uploads, copies of the videos shown), removed
+    at exit, and return it.
+
+    Gradio serves every file under its temp folder, and its default, /tmp/gradio (or GRADIO_TEMP_DIR), is
+    shared by every Gradio app and user of the machine. Components read the folder when they are built and
+    the server when it starts, so this runs first (`build_ui` calls it). TMPDIR moves it elsewhere.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="stableavatar-app-")).resolve()
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    os.environ["GRADIO_EXAMPLES_CACHE"] = str(folder / "examples")  # also served; by default ./.gradio
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
 def _fit(image: str | None, width: float | None, height: float | None) -> tuple[int, int]:
     """The "Fit to image" button: the image's aspect ratio (after EXIF rotation) at about the current
     number of pixels."""
@@ -110,7 +155,8 @@ LIVE_FIELDS = tuple(name for name in SETTINGS_FIELDS if name != "separate_vocals
 
 
 def build_ui(runner: Runner) -> gr.Blocks:
-    """The page; `runner` does the work."""
+    """The page; `runner` does the work. Gradio's files go to a folder of this app's own (`own_temp_folder`)."""
+    own_temp_folder()
     models = runner.models
 
     with gr.Blocks(title="StableAvatar", analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as demo:
@@ -123,13 +169,7 @@ def build_ui(runner: Runner) -> gr.Blocks:
         initial_size = (int(initial["width"]), int(initial["height"]))
         with gr.Tab("Generate", elem_id="generate-tab"), gr.Row(equal_height=False):
             with gr.Column(scale=1):
-                image = gr.Image(
-                    label="Reference image",
-                    type="filepath",
-                    sources=["upload", "clipboard"],
-                    height=280,
-                    elem_id="reference-image",
-                )
+                image = _reference_image("reference-image")
                 audio_source = gr.Radio(
                     list(AUDIO_SOURCES), value=AUDIO_FROM_AUDIO, label="Audio from", elem_id="audio-source"
                 )
@@ -290,13 +330,7 @@ def build_ui(runner: Runner) -> gr.Blocks:
             )
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1):
-                    live_image = gr.Image(
-                        label="Reference image",
-                        type="filepath",
-                        sources=["upload", "clipboard"],
-                        height=280,
-                        elem_id="live-image",
-                    )
+                    live_image = _reference_image("live-image")
                     microphone = gr.Audio(
                         label="Microphone",
                         sources=["microphone"],
