@@ -484,7 +484,7 @@ def stream_to_file(
     audio = pcm_chunks(sys.stdin.buffer) if waveform is None else file_chunks(waveform)
     started = time.monotonic()
     frames = 0
-    with FragmentedVideoWriter(output_path, fps=args.fps, audio_sample_rate=16000) as writer:
+    with FragmentedVideoWriter(output_path, fps=args.fps, audio_sample_rate=SAMPLE_RATE) as writer:
         for piece in pipeline.stream(
             image=reference,
             audio=audio,

@@ -28,6 +28,7 @@ from scipy.signal import resample_poly
 
 from .checks import existing_file
 from .errors import UserFacingError
+from .generation_settings import SAMPLE_RATE
 
 _AUDIO_HINT = "pass a wav, mp3, flac, m4a, ogg or video file with speech or singing"
 _IMAGE_HINT = "pass a PNG, JPEG or WebP image of the person"
@@ -46,7 +47,7 @@ def _one_line(error: BaseException) -> str:
 
 def load_audio(
     source: str | os.PathLike[str] | np.ndarray | torch.Tensor,
-    sample_rate: int = 16000,
+    sample_rate: int = SAMPLE_RATE,
     source_sample_rate: int | None = None,
 ) -> np.ndarray:
     """Load speech or singing as mono float32 [S] at `sample_rate` Hz, values nominally in [-1, 1].
@@ -267,7 +268,7 @@ class VideoWriter:
         path: str | os.PathLike[str],
         fps: int | Fraction = 25,
         audio: np.ndarray | torch.Tensor | None = None,
-        audio_sample_rate: int = 16000,
+        audio_sample_rate: int = SAMPLE_RATE,
         frames_dir: str | os.PathLike[str] | None = None,
         crf: int = 18,
     ) -> None:

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserFacingError
+from ..generation_settings import SAMPLE_RATE
 from ..media import FragmentedVideoWriter, VideoWriter, load_audio
 from ..pipeline.pipeline import StableAvatarPipeline
 
 logger = logging.getLogger(__name__)
-SAMPLE_RATE = 16000
 _END = object()
 
 

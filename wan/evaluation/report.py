@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserFacingError
+from ..generation_settings import SAMPLE_RATE
 from .faces import FaceTrack, MediaPipeFaceDetector, crop_track, face_crops
 from .frechet import ClipFeatures, FrameFeatures, frechet_distance
 from .identity import FaceEmbedder, measure_identity
@@ -98,11 +99,11 @@ class Evaluator:
         crops, track = face_crops(frames, path.name, self.detector, min_coverage=self.min_face_coverage)
         result["face_frames"] = [int(track.frames[0]), int(track.frames[-1]) + 1]
         if self.syncnet is not None:
-            waveform = load_audio(audio_path or path, 16000)
-            gap = abs(len(waveform) / 16000 - len(frames) / FPS)
+            waveform = load_audio(audio_path or path, SAMPLE_RATE)
+            gap = abs(len(waveform) / SAMPLE_RATE - len(frames) / FPS)
             if gap > self.max_length_mismatch:
                 raise UserFacingError(
-                    f"{path.name}: audio {len(waveform) / 16000:.2f} s and video {len(frames) / FPS:.2f} s differ by "
+                    f"{path.name}: audio {len(waveform) / SAMPLE_RATE:.2f} s and video {len(frames) / FPS:.2f} s differ by "
                     f"{gap:.2f} s; pass the audio that drove this video"
                 )
             first, last = track.frames[0], track.frames[-1] + 1

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import UserFacingError
+from ..generation_settings import SAMPLE_RATE
 from ..media import load_audio
 from .windows import FRAMES_PER_LATENT, Window, latent_frames_for_video, plan_windows, window_audio_span
 
@@ -58,7 +59,7 @@ def pcm_chunks(stream: BinaryIO, chunk_samples: int = 1600) -> Iterator[np.ndarr
 def file_chunks(source: str | Path | np.ndarray, chunk_samples: int = 1600) -> Iterator[np.ndarray]:
     """An audio file (any format `load_audio` reads) or a 16 kHz waveform, as 16 kHz mono chunks of
     `chunk_samples`."""
-    waveform = load_audio(source, 16000)
+    waveform = load_audio(source, SAMPLE_RATE)
     for start in range(0, len(waveform), chunk_samples):
         yield waveform[start : start + chunk_samples]
 
@@ -69,7 +70,7 @@ class AudioStream:
 
     Args:
         chunks: arrays or tensors of samples (float in [-1, 1] or integer PCM; [S] or [C, S]) at 16 kHz.
-        samples_per_frame: audio samples per video frame (16000 / fps).
+        samples_per_frame: audio samples per video frame (SAMPLE_RATE / fps).
     """
 
     def __init__(self, chunks: Iterable[np.ndarray | torch.Tensor], samples_per_frame: int) -> None:
@@ -96,7 +97,7 @@ class AudioStream:
             return False
         if chunk is None or len(chunk) == 0:
             return True
-        samples = load_audio(chunk, 16000)  # checks shape, dtype and values; integer PCM scaled
+        samples = load_audio(chunk, SAMPLE_RATE)  # checks shape, dtype and values; integer PCM scaled
         if self.first_sample_time is None:
             self.first_sample_time = time.monotonic()
         self._buffer = np.concatenate([self._buffer, samples])

@@ -17,6 +17,7 @@ from transformers import (
     Wav2Vec2Model,
 )
 
+from ..generation_settings import SAMPLE_RATE
 from ..models import TINY, StableAvatarTransformer3DModel
 from .pipeline import StableAvatarPipeline
 
@@ -84,7 +85,7 @@ def build_small_encoders(
         )
     )
     feature_extractor = Wav2Vec2FeatureExtractor(
-        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True
+        feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0, do_normalize=True
     )
     for module in (text_encoder, image_encoder, audio_encoder):
         module.eval().requires_grad_(False)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from ..checks import writable_file, writable_folder
 from ..errors import MissingFileError, UserFacingError
+from ..generation_settings import SAMPLE_RATE
 from ..media import load_audio
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".flv", ".mpg", ".mpeg", ".ts")
@@ -69,7 +70,9 @@ class ExtractedAudio:
 
 
 def extract_audio(
-    video_path: str | os.PathLike[str], saved_audio_path: str | os.PathLike[str], sample_rate: int = 16000
+    video_path: str | os.PathLike[str],
+    saved_audio_path: str | os.PathLike[str],
+    sample_rate: int = SAMPLE_RATE,
 ) -> ExtractedAudio:
     """Write the first audio track of a video (or any audio file) as mono 16-bit wav at `sample_rate` Hz."""
     if sample_rate <= 0:
@@ -97,7 +100,7 @@ class FolderExtraction:
 def extract_audio_folder(
     video_dir: str | os.PathLike[str],
     saved_audio_dir: str | os.PathLike[str],
-    sample_rate: int = 16000,
+    sample_rate: int = SAMPLE_RATE,
     overwrite: bool = False,
 ) -> FolderExtraction:
     """Extract every video under `video_dir` to `saved_audio_dir/<same relative path>.wav`.

@@ -9,6 +9,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from ..errors import MissingFileError
+from ..generation_settings import SAMPLE_RATE
 from .audio import extract_audio, extract_audio_folder
 from .dataset_builder import CATEGORIES, BuildOptions, build_dataset, path_list_name
 from .masks import MASK_FOLDERS, extract_masks
@@ -29,7 +30,7 @@ def audio_extractor_main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--video_path", type=Path, required=True, help="a video (or audio) file, or a folder")
     parser.add_argument("--saved_audio_path", type=Path, required=True, help="the wav file, or a folder")
-    parser.add_argument("--sample_rate", type=int, default=16000, help="output sample rate in Hz")
+    parser.add_argument("--sample_rate", type=int, default=SAMPLE_RATE, help="output sample rate in Hz")
     parser.add_argument("--overwrite", action="store_true", help="folder mode: replace existing wav files")
     args = parser.parse_args(argv)
     if args.video_path.is_dir():

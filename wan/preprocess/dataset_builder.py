@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from ..checks import writable_folder
 from ..errors import MissingFileError, UserFacingError
+from ..generation_settings import SAMPLE_RATE
 from ..media import VideoWriter, load_audio
 from .audio import VIDEO_EXTENSIONS, find_files, load_stereo, write_wav
 from .masks import FaceMeshDetector, landmark_mask, save_png
@@ -45,7 +46,7 @@ from .separation import MdxSeparator
 
 RESOLUTIONS: dict[str, tuple[int, int]] = {"square": (512, 512), "rec": (832, 480), "vec": (480, 832)}
 CATEGORIES = ("speech", "singing", "dancing")
-AUDIO_RATE = 16000  # Hz, what wav2vec2 and the trainer read
+AUDIO_RATE = SAMPLE_RATE  # Hz, what wav2vec2 and the trainer read
 T = TypeVar("T")
 
 
