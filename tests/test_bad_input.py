@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from safetensors.torch import save_file
 import wan.generate
 from tests.released_layout import write_released_layout
 from tests.test_inference_cli import EXAMPLE, SMALL, _inputs
+from tests.training_helpers import SIZE, tiny_config, write_tiny_model
 from wan.cli import run_cli
 from wan.convert import main as convert_main
 from wan.errors import CheckpointError
@@ -27,6 +29,8 @@ from wan.loading.state_dict import load_state_dict_file
 from wan.preprocess.cli import audio_extractor_main, lip_mask_extractor_main, prepare_dataset_main
 from wan.training.cli import main_for_preset
 from wan.training.loop import STATE_FILE, resolve_checkpoint
+from wan.training.synthetic import write_dataset
+from wan.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "checkpoints" / "demo"
@@ -317,3 +321,20 @@ def test_prepare_dataset_refuses_a_file_as_the_dataset_folder(bad_files, capsys)
 def test_mask_extractor_says_a_file_is_not_the_clip_folder(bad_files, capsys) -> None:
     code = run_cli(lip_mask_extractor_main, ["--folder_root", str(bad_files["file"])])
     assert_one_line_error(capsys, code, "is a file, not a folder", "clip folders")
+
+
+def test_resume_refuses_a_checkpoint_holding_an_unsafe_pickle(malicious_pickle, tmp_path) -> None:
+    """accelerate reads registered objects (the LR scheduler: custom_checkpoint_0.pkl) with
+    weights_only=False; a replaced one must be refused before it runs."""
+    path, marker = malicious_pickle
+    model = write_tiny_model(tmp_path / "tiny")
+    clips = write_dataset(tmp_path / "data", num_clips=1, seconds=1.0, size=(SIZE, SIZE), seed=9)
+    config = tiny_config(
+        tmp_path / "run", clips, pipeline_dir=model, max_train_steps=1, checkpointing_steps=1
+    )
+    Trainer(config).train()
+    shutil.copy(path, tmp_path / "run" / "checkpoint-1" / "custom_checkpoint_0.pkl")
+    resumed = replace(config, max_train_steps=2, resume_from_checkpoint="latest")
+    with pytest.raises(CheckpointError, match="^unsafe pickle refused: .*custom_checkpoint_0.pkl would call"):
+        Trainer(resumed).train()
+    assert not marker.exists()

@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import torch
 from accelerate import init_empty_weights
+from accelerate.utils import load as accelerate_load
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -73,6 +74,18 @@ def check_weights_file(path: str | Path) -> Path:
         f"{path} is not a weights file (neither safetensors nor a PyTorch archive); pass the .safetensors or "
         ".pt file itself"
     )
+
+
+def check_safe_pickle(path: str | Path) -> Path:
+    """Refuse a `torch.save` file that would call anything but what `torch.load(weights_only=True)` allows
+    (plus accelerate's numpy RNG state), before a loader that trusts it reads it; memory-mapped, so no
+    tensor data is read."""
+    path = existing_file(path, "checkpoint file")
+    try:
+        accelerate_load(path, map_location="cpu", mmap=zipfile.is_zipfile(path))
+    except Exception as error:  # noqa: BLE001
+        raise weights_error(path, error) from None
+    return path
 
 
 def weights_error(path: Path, error: Exception) -> CheckpointError:

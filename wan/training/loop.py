@@ -47,6 +47,7 @@ import ctypes
 import json
 import math
 import os
+import pickle
 import shutil
 import signal
 import sys
@@ -61,6 +62,7 @@ from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, set_s
 from tqdm.auto import tqdm
 
 from ..errors import UserFacingError
+from ..loading.state_dict import check_safe_pickle, weights_error
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
@@ -466,7 +468,13 @@ class TrainingLoop:
         if path is None:
             self.accelerator.print(f"no checkpoint in {self.config.output_dir}; starting from scratch")
             return 0, 0
-        self.accelerator.load_state(str(path))
+        # accelerate reads registered objects (custom_checkpoint_N.pkl) with weights_only=False: check them
+        for pickled in sorted(path.glob("custom_checkpoint_*.pkl")):
+            check_safe_pickle(pickled)
+        try:
+            self.accelerator.load_state(str(path))
+        except pickle.UnpicklingError as error:  # its other files: weights_only=True refused one
+            raise weights_error(path, error) from None
         state = json.loads((path / STATE_FILE).read_text())
         self.global_step = state["global_step"]
         self.history = [tuple(entry) for entry in state.get("history", [])]
