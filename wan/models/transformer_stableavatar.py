@@ -26,7 +26,13 @@ from diffusers.utils import apply_lora_scale
 from diffusers.utils.torch_utils import maybe_allow_in_graph
 from torch import nn
 
-from .attention import TEXT_SEQ_LEN, CrossAttentionCache, StableAvatarCrossAttention
+from .attention import (
+    TEXT_SEQ_LEN,
+    CrossAttentionCache,
+    StableAvatarCrossAttention,
+    StableAvatarCrossAttnProcessor,
+    compress_text_padding,
+)
 from .audio_adapter import StableAvatarAudioAdapter
 from .audio_alignment import DEFAULT_WINDOW_PADDING, split_audio_tokens_per_frame
 from .sequence_parallel import SEQUENCE_PARALLEL_MODES, SequenceParallel, SequenceParallelSelfAttnProcessor
@@ -60,23 +66,35 @@ class StableAvatarTransformerBlock(nn.Module):
         rotary_emb: tuple[torch.Tensor, torch.Tensor],
         audio_hidden_states: torch.Tensor | None,
         context_slot: dict[str, torch.Tensor] | None = None,
+        text_bias: torch.Tensor | None = None,
+        audio_rows: Sequence[int | None] | None = None,
+        shared_input: bool = False,
     ) -> torch.Tensor:
         """
         Args:
             hidden_states: `[B, S, dim]` video tokens.
-            encoder_hidden_states: `[B, 257 + 512, dim]` image then text tokens.
+            encoder_hidden_states: `[B, 257 + T, dim]` image then text tokens (T = 512, or packed with
+                `text_bias`).
             temb: `[B, 6, dim]` timestep projection.
             rotary_emb: cos/sin, each `[1, S, 1, head_dim]`.
             audio_hidden_states: `[B, F, n, dim]` (frame-local) or `[B, M, dim]` (clip-level) or None.
             context_slot: this block's text/image keys and values (see `CrossAttentionCache`), or None.
+            text_bias: `[B, T]` attention bias of packed text (see `compress_text_padding`), or None.
+            audio_rows: which samples share audio tokens (see `StableAvatarCrossAttnProcessor`), or None.
+            shared_input: every sample has the same `hidden_states` and `temb`: the modulated self-attention
+                runs on sample 0 only and is broadcast (the caller vouches for it).
         """
         shift_msa, scale_msa, gate_msa, c_shift, c_scale, c_gate = (
             self.scale_shift_table + temb.float()
         ).chunk(6, dim=1)
 
-        norm_hidden = (self.norm1(hidden_states.float()) * (1 + scale_msa) + shift_msa).type_as(hidden_states)
-        attn_out = self.attn1(norm_hidden, None, None, rotary_emb)
-        hidden_states = (hidden_states.float() + attn_out * gate_msa).type_as(hidden_states)
+        if shared_input:
+            first = self._self_attention(
+                hidden_states[:1], shift_msa[:1], scale_msa[:1], gate_msa[:1], rotary_emb
+            )
+            hidden_states = first.expand_as(hidden_states)
+        else:
+            hidden_states = self._self_attention(hidden_states, shift_msa, scale_msa, gate_msa, rotary_emb)
 
         norm_hidden = self.norm2(hidden_states.float()).type_as(hidden_states)
         attn_out = self.attn2(
@@ -84,12 +102,27 @@ class StableAvatarTransformerBlock(nn.Module):
             encoder_hidden_states,
             audio_hidden_states=audio_hidden_states,
             context_slot=context_slot,
+            text_bias=text_bias,
+            audio_rows=audio_rows,
         )
         hidden_states = hidden_states + attn_out
 
         norm_hidden = (self.norm3(hidden_states.float()) * (1 + c_scale) + c_shift).type_as(hidden_states)
         ff_out = self.ffn(norm_hidden)
         return (hidden_states.float() + ff_out.float() * c_gate).type_as(hidden_states)
+
+    def _self_attention(
+        self,
+        hidden_states: torch.Tensor,
+        shift: torch.Tensor,
+        scale: torch.Tensor,
+        gate: torch.Tensor,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        """`hidden_states` `[B, S, dim]` plus its gated, modulated self-attention (modulation `[B, 1, dim]`)."""
+        norm_hidden = (self.norm1(hidden_states.float()) * (1 + scale) + shift).type_as(hidden_states)
+        attn_out = self.attn1(norm_hidden, None, None, rotary_emb)
+        return (hidden_states.float() + attn_out * gate).type_as(hidden_states)
 
 
 # Where diffusers' block caches (first-block cache, MagCache, ...) find the block's output: it returns the
@@ -192,6 +225,8 @@ class StableAvatarTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, 
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, inner_dim) / inner_dim**0.5)
         self.gradient_checkpointing = False
         self.sequence_parallel: SequenceParallel | None = None
+        # Skip work that cannot change the output (see `forward`); False computes everything, for comparison.
+        self.exact_savings = True
 
     def enable_sequence_parallel(
         self, group: torch.distributed.ProcessGroup | None = None, mode: str = "all-gather"
@@ -236,6 +271,22 @@ class StableAvatarTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, 
             projected = projected.to(embedder_dtype)
         temb = embedder.time_embedder(projected).to(dtype)
         return temb, embedder.time_proj(embedder.act_fn(temb))
+
+    def _packs_text(self) -> bool:
+        """Whether the text padding is compressed: every block's cross-attention takes an attention bias."""
+        return self.exact_savings and all(
+            isinstance(block.attn2.processor, StableAvatarCrossAttnProcessor)
+            and block.attn2.processor.takes_attention_bias()
+            for block in self.blocks
+        )
+
+    @staticmethod
+    def _audio_rows(audio_sources: Sequence[int | None] | None) -> tuple[int | None, ...] | None:
+        """For each sample, the first sample with the same audio source (None for no audio)."""
+        if audio_sources is None:
+            return None
+        sources = list(audio_sources)
+        return tuple(None if source is None else sources.index(source) for source in sources)
 
     def compute_audio_context(
         self,
@@ -298,6 +349,7 @@ class StableAvatarTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, 
         audio_sources: Sequence[int | None] | None = None,
         clip_level_audio: bool = False,
         context_cache: CrossAttentionCache | None = None,
+        shared_input: bool = False,
         return_dict: bool = True,
         attention_kwargs: dict[str, Any] | None = None,
     ) -> Transformer2DModelOutput | tuple[torch.Tensor]:
@@ -317,11 +369,19 @@ class StableAvatarTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, 
             clip_level_audio: every video token attends to all of the clip's audio tokens.
             context_cache: text/image keys and values kept across calls with the same text and image
                 (filled by the first call; see `CrossAttentionCache`). Inference only.
+            shared_input: every sample has the same `hidden_states` and `timestep` (a guidance batch built
+                from one sample's latents; the caller vouches, nothing compares them): the patch embedding
+                and block 0's self-attention run once and are broadcast.
             return_dict: return a `Transformer2DModelOutput` (else a tuple).
             attention_kwargs: `{"scale": s}` scales every LoRA adapter's contribution by `s` for this call
                 (diffusers' convention; 0 gives the base model). No other keys are used.
         Returns:
             `[B, 16, F, H, W]` in `sample`.
+
+        With `exact_savings` (default) work that cannot change the output is skipped: the zero text padding
+        is packed into one key per sample with a log-count bias (`compress_text_padding`; where every
+        cross-attention backend takes a float mask), `shared_input` runs block 0's self-attention once, and
+        samples sharing an audio source share their audio key/value projections.
         """
         batch, _, frames, height, width = hidden_states.shape
         p_t, p_h, p_w = self.config.patch_size
@@ -329,19 +389,28 @@ class StableAvatarTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, 
         if num_video_frames is None:
             num_video_frames = 4 * (frames - 1) + 1
 
+        shared_input = shared_input and self.exact_savings and batch > 1
         rotary_emb = self.rope(hidden_states)
-        hidden_states = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()
+        if shared_input:
+            hidden_states = self.patch_embedding(hidden_states[:1]).flatten(2).transpose(1, 2)
+            hidden_states = hidden_states.expand(batch, -1, -1)
+        else:
+            hidden_states = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()
 
         text_len = encoder_hidden_states.shape[1]
         if text_len > TEXT_SEQ_LEN:
             raise ValueError(f"text embeddings have {text_len} tokens; at most {TEXT_SEQ_LEN} are supported")
         context_slots = context_cache.slots(len(self.blocks), batch) if context_cache is not None else None
+        text_bias = None
         if context_cache is not None and context_cache.filled:
             # The blocks read the text/image keys and values from the cache: only the timestep is embedded.
             temb, timestep_proj = self._embed_timestep(timestep, encoder_hidden_states.dtype)
             encoder_hidden_states = None
         else:
-            encoder_hidden_states = F.pad(encoder_hidden_states, (0, 0, 0, TEXT_SEQ_LEN - text_len))
+            if self._packs_text():
+                encoder_hidden_states, text_bias = compress_text_padding(encoder_hidden_states)
+            else:
+                encoder_hidden_states = F.pad(encoder_hidden_states, (0, 0, 0, TEXT_SEQ_LEN - text_len))
             temb, timestep_proj, encoder_hidden_states, image_states = self.condition_embedder(
                 timestep, encoder_hidden_states, encoder_hidden_states_image
             )
@@ -375,9 +444,20 @@ class StableAvatarTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, 
             if not clip_level_audio:
                 audio_context = audio_context[:, first:last]
 
+        audio_rows = self._audio_rows(audio_sources) if self.exact_savings else None
         for index, block in enumerate(self.blocks):
             slot = context_slots[index] if context_slots is not None else None
-            args = (hidden_states, encoder_hidden_states, timestep_proj, rotary_emb, audio_context, slot)
+            args = (
+                hidden_states,
+                encoder_hidden_states,
+                timestep_proj,
+                rotary_emb,
+                audio_context,
+                slot,
+                text_bias,
+                audio_rows,
+                shared_input and index == 0,
+            )
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 hidden_states = self._gradient_checkpointing_func(block, *args)
             else:

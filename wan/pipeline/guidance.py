@@ -250,6 +250,7 @@ def transformer_forward(
             num_video_frames=num_video_frames,
             audio_sources=batch.audio_sources,
             context_cache=context_cache,
+            shared_input=True,  # every sample denoises the same latents at the same timestep
         ).sample
 
     return forward
