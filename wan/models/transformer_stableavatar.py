@@ -407,7 +407,8 @@ class StableAvatarTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, 
             temb, timestep_proj = self._embed_timestep(timestep, encoder_hidden_states.dtype)
             encoder_hidden_states = None
         else:
-            if self._packs_text():
+            # (Meta tensors, e.g. FLOP counting, hold no values to find the padding in.)
+            if self._packs_text() and not encoder_hidden_states.is_meta:
                 encoder_hidden_states, text_bias = compress_text_padding(encoder_hidden_states)
             else:
                 encoder_hidden_states = F.pad(encoder_hidden_states, (0, 0, 0, TEXT_SEQ_LEN - text_len))
