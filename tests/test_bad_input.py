@@ -228,6 +228,27 @@ def test_malicious_pickle_is_refused_in_one_line_and_never_runs(malicious_pickle
     assert not marker.exists() and not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("broken", ["unsafe pickle", "truncated safetensors"])
+def test_training_model_folder_with_a_bad_weights_file_is_one_line(
+    broken, malicious_pickle, tmp_path
+) -> None:
+    """diffusers wraps what its loader refused in a long OSError of its own; the folder is named instead."""
+    path, marker = malicious_pickle
+    folder = write_tiny_model(tmp_path / "tiny")
+    weights = folder / "vae" / "diffusion_pytorch_model.safetensors"
+    if broken == "unsafe pickle":
+        weights.unlink()
+        shutil.copy(path, folder / "vae" / "diffusion_pytorch_model.bin")
+        expected = "^unsafe pickle refused: "
+    else:
+        weights.write_bytes(weights.read_bytes()[:1000])
+        expected = "holds a weights file that cannot be read .*convert the folder again"
+    with pytest.raises(CheckpointError, match=expected) as caught:
+        Trainer(tiny_config(tmp_path / "run", None, pipeline_dir=folder, max_train_steps=1))
+    assert "\n" not in str(caught.value) and str(folder) in str(caught.value)
+    assert not marker.exists()
+
+
 # ---------------------------------------------------------------------------------------- wan.convert
 
 

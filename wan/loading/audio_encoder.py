@@ -8,6 +8,7 @@ import torch
 from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
 from ..errors import MissingFileError
+from .state_dict import library_load_errors
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -28,6 +29,7 @@ def load_wav2vec2(
             raise MissingFileError(f"wav2vec2 folder {folder} lacks {name}")
     if not any((folder / name).is_file() for name in _WEIGHT_FILES):
         raise MissingFileError(f"wav2vec2 folder {folder} holds no weights ({' or '.join(_WEIGHT_FILES)})")
-    model = Wav2Vec2Model.from_pretrained(folder, local_files_only=True, dtype=dtype)
+    with library_load_errors(folder):
+        model = Wav2Vec2Model.from_pretrained(folder, local_files_only=True, dtype=dtype)
     feature_extractor = Wav2Vec2FeatureExtractor.from_pretrained(folder, local_files_only=True)
     return model.eval().requires_grad_(False), feature_extractor

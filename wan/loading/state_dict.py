@@ -8,14 +8,15 @@ from __future__ import annotations
 import pickle
 import re
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
 import torch
 from accelerate import init_empty_weights
 from accelerate.utils import load as accelerate_load
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from ..checks import existing_file
@@ -88,7 +89,23 @@ def check_safe_pickle(path: str | Path) -> Path:
     return path
 
 
-def weights_error(path: Path, error: Exception) -> CheckpointError:
+@contextmanager
+def library_load_errors(source: str | Path) -> Iterator[None]:
+    """Around a library's `from_pretrained` of `source`: a pickle its `weights_only` loading refused, or a
+    broken safetensors file, becomes the one-line error (diffusers and transformers wrap them in long
+    messages of their own); anything else passes through."""
+    try:
+        yield
+    except Exception as error:
+        cause: BaseException | None = error
+        while cause is not None and not isinstance(cause, (pickle.UnpicklingError, SafetensorError)):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise weights_error(Path(source), cause) from None
+
+
+def weights_error(path: Path, error: BaseException) -> CheckpointError:
     """The one-line message for a weights file that could not be read."""
     reason = " ".join(str(error).split())
     refused = _REFUSED_GLOBAL.search(reason)
@@ -96,6 +113,11 @@ def weights_error(path: Path, error: Exception) -> CheckpointError:
         return CheckpointError(
             f"unsafe pickle refused: {path} would call {refused.group(1)} when loaded; only tensors are "
             "accepted, so use a .safetensors file (or re-save the weights as a plain state dict)"
+        )
+    if path.is_dir():
+        return CheckpointError(
+            f"{path} holds a weights file that cannot be read ({type(error).__name__}: {reason}); copy or "
+            "convert the folder again"
         )
     if path.suffix == ".safetensors":
         return CheckpointError(

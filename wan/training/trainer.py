@@ -24,6 +24,7 @@ from ..checks import model_folder
 from ..errors import UserFacingError
 from ..loading.lora import is_audio_parameter, lora_config, save_lora
 from ..loading.released import SCHEDULER_CONFIG
+from ..loading.state_dict import library_load_errors
 from ..loading.transformer import load_transformer_weights
 from ..pipeline.pipeline import StableAvatarPipeline
 from .dataset import TalkingFaceDataset, collate
@@ -363,7 +364,8 @@ class Trainer(TrainingLoop):
 def _load_pipeline(folder: Path | None) -> StableAvatarPipeline:
     if folder is None:
         raise UserFacingError("no model folder given; pass a converted one (python -m wan.convert)")
-    return StableAvatarPipeline.from_pretrained(model_folder(folder))
+    with library_load_errors(folder):
+        return StableAvatarPipeline.from_pretrained(model_folder(folder))
 
 
 def _build_optimizer(config: TrainConfig, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
