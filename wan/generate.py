@@ -441,20 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     result = pipeline(
         image=reference,
         audio=audio,
-        prompt=" ".join(args.validation_prompts),
-        negative_prompt=args.negative_prompt,
-        height=args.height,
-        width=args.width,
-        num_inference_steps=args.sample_steps,
-        text_guidance_scale=args.sample_text_guide_scale,
-        audio_guidance_scale=args.sample_audio_guide_scale,
-        guidance_interval=tuple(args.guidance_interval),
-        guidance=args.guidance,
-        clip_length=args.clip_sample_n_frames,
-        overlap=args.overlap_window_length,
+        **_sampling_arguments(args),
         weighting=args.overlapping_weight_scheme,
-        seed=args.seed,
-        fps=args.fps,
         output_path=output_path if is_main else None,
         output_type="mp4" if is_main else "latent",
         frames_dir=args.output_dir / "frames" if args.save_frames and is_main else None,
@@ -470,6 +458,25 @@ def main(argv: list[str] | None = None) -> int:
         f"seed {result.seed}, {time.monotonic() - started:.1f} s"
     )
     return 0
+
+
+def _sampling_arguments(args: argparse.Namespace) -> dict:
+    """The pipeline arguments that whole-file and streamed generation take alike from the command line."""
+    return dict(
+        prompt=" ".join(args.validation_prompts),
+        negative_prompt=args.negative_prompt,
+        height=args.height,
+        width=args.width,
+        num_inference_steps=args.sample_steps,
+        text_guidance_scale=args.sample_text_guide_scale,
+        audio_guidance_scale=args.sample_audio_guide_scale,
+        guidance_interval=tuple(args.guidance_interval),
+        guidance=args.guidance,
+        clip_length=args.clip_sample_n_frames,
+        overlap=args.overlap_window_length,
+        seed=args.seed,
+        fps=args.fps,
+    )
 
 
 def stream_to_file(
@@ -488,19 +495,7 @@ def stream_to_file(
         for piece in pipeline.stream(
             image=reference,
             audio=audio,
-            prompt=" ".join(args.validation_prompts),
-            negative_prompt=args.negative_prompt,
-            height=args.height,
-            width=args.width,
-            num_inference_steps=args.sample_steps,
-            text_guidance_scale=args.sample_text_guide_scale,
-            audio_guidance_scale=args.sample_audio_guide_scale,
-            guidance_interval=tuple(args.guidance_interval),
-            guidance=args.guidance,
-            clip_length=args.clip_sample_n_frames,
-            overlap=args.overlap_window_length,
-            seed=args.seed,
-            fps=args.fps,
+            **_sampling_arguments(args),
             prefix=args.window_prefix,
         ):
             writer.write(piece.frames, value_range=(-1.0, 1.0), audio=piece.audio)
