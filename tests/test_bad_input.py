@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from dataclasses import replace
@@ -20,6 +21,8 @@ import wan.generate
 from tests.released_layout import write_released_layout
 from tests.test_inference_cli import EXAMPLE, SMALL, _inputs
 from tests.training_helpers import SIZE, tiny_config, write_tiny_model
+from wan.app.logic import ModelChoice
+from wan.app.runner import load_model
 from wan.cli import run_cli
 from wan.convert import main as convert_main
 from wan.errors import CheckpointError
@@ -228,25 +231,47 @@ def test_malicious_pickle_is_refused_in_one_line_and_never_runs(malicious_pickle
     assert not marker.exists() and not (tmp_path / "o").exists()
 
 
+def _broken_model_folder(broken: str, pickle_path: Path, folder: Path) -> tuple[Path, str]:
+    """The tiny model folder with its VAE weights replaced by `pickle_path` or truncated, and the message
+    pattern that names the problem."""
+    folder = write_tiny_model(folder)
+    weights = folder / "vae" / "diffusion_pytorch_model.safetensors"
+    if broken == "unsafe pickle":
+        weights.unlink()
+        shutil.copy(pickle_path, folder / "vae" / "diffusion_pytorch_model.bin")
+        return folder, "^unsafe pickle refused: "
+    weights.write_bytes(weights.read_bytes()[:1000])
+    return folder, "holds a weights file that cannot be read .*convert the folder again"
+
+
 @pytest.mark.parametrize("broken", ["unsafe pickle", "truncated safetensors"])
 def test_training_model_folder_with_a_bad_weights_file_is_one_line(
     broken, malicious_pickle, tmp_path
 ) -> None:
     """diffusers wraps what its loader refused in a long OSError of its own; the folder is named instead."""
     path, marker = malicious_pickle
-    folder = write_tiny_model(tmp_path / "tiny")
-    weights = folder / "vae" / "diffusion_pytorch_model.safetensors"
-    if broken == "unsafe pickle":
-        weights.unlink()
-        shutil.copy(path, folder / "vae" / "diffusion_pytorch_model.bin")
-        expected = "^unsafe pickle refused: "
-    else:
-        weights.write_bytes(weights.read_bytes()[:1000])
-        expected = "holds a weights file that cannot be read .*convert the folder again"
+    folder, expected = _broken_model_folder(broken, path, tmp_path / "tiny")
     with pytest.raises(CheckpointError, match=expected) as caught:
         Trainer(tiny_config(tmp_path / "run", None, pipeline_dir=folder, max_train_steps=1))
     assert "\n" not in str(caught.value) and str(folder) in str(caught.value)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("broken", ["unsafe pickle", "truncated safetensors"])
+def test_inference_model_folder_with_a_bad_weights_file_is_one_line(
+    broken, malicious_pickle, tmp_path, capsys
+) -> None:
+    path, marker = malicious_pickle
+    folder, expected = _broken_model_folder(broken, path, tmp_path / "tiny")
+    output = tmp_path / "o"
+    code = run_cli(main, ["--model_dir", str(folder), *_inputs(), *SMALL, "--output_dir", str(output)])
+    line = assert_one_line_error(capsys, code, str(folder), only_line=False)
+    assert re.search(expected.lstrip("^"), line.removeprefix("error: ")), line
+    # the app loads the same folder through its own menu entry
+    with pytest.raises(CheckpointError, match=expected) as caught:
+        load_model(ModelChoice("bad", "bad", folder), torch.float32)
+    assert "\n" not in str(caught.value)
+    assert not marker.exists() and not output.exists()
 
 
 # ---------------------------------------------------------------------------------------- wan.convert

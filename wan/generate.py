@@ -16,7 +16,7 @@ from .errors import UserFacingError
 from .generation_settings import SAMPLE_RATE, recommended_settings
 from .loading.lora import load_lora
 from .loading.released import ReleasedLayout, load_released_pipeline
-from .loading.state_dict import check_weights_file
+from .loading.state_dict import check_weights_file, library_load_errors
 from .loading.transformer import load_transformer_weights
 from .media import FragmentedVideoWriter, load_audio, load_image
 from .models.fsdp import shard_transformer
@@ -340,7 +340,9 @@ def _load_base_pipeline(args: argparse.Namespace, dtype: torch.dtype) -> StableA
             wav2vec_dir=args.pretrained_wav2vec_path or checkpoints / "wav2vec2-base-960h",
         )
         return load_released_pipeline(layout, dtype)
-    return StableAvatarPipeline.from_pretrained(checked_model_folder(args), dtype=dtype)
+    folder = checked_model_folder(args)
+    with library_load_errors(folder):
+        return StableAvatarPipeline.from_pretrained(folder, dtype=dtype)
 
 
 def checked_model_folder(args: argparse.Namespace) -> Path | None:

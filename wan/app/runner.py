@@ -17,6 +17,7 @@ import torch
 
 from ..errors import UserFacingError
 from ..generation_settings import PUBLISHED_FPS as FPS
+from ..loading.state_dict import library_load_errors
 from ..media import load_image
 from ..pipeline.conditioning import DEFAULT_NEGATIVE_PROMPT
 from ..pipeline.memory import MEMORY_MODES
@@ -57,7 +58,8 @@ def load_model(choice: ModelChoice, dtype: torch.dtype) -> StableAvatarPipeline:
 
         logger.warning("using the tiny model with RANDOM weights: videos show noise, not a face")
         return build_tiny_pipeline()
-    return StableAvatarPipeline.from_pretrained(choice.path, dtype=dtype)
+    with library_load_errors(choice.path):
+        return StableAvatarPipeline.from_pretrained(choice.path, dtype=dtype)
 
 
 def separate_vocals(audio: Path, model_path: Path, work_dir: Path) -> Path:
