@@ -224,13 +224,14 @@ def evaluate(
     identity_seconds: float = 60.0,
     face_scale: float | None = None,
     field_evaluator=None,
+    dtype: str = "float32",
 ) -> dict:
-    """Load the pipeline of `model_dir` (float32) and `evaluate_pipeline` it."""
-    import torch
-
+    """Load the pipeline of `model_dir` in `dtype` (the compute dtype, as inference's --dtype) and
+    `evaluate_pipeline` it."""
+    from wan.cli import parse_dtype
     from wan.pipeline import StableAvatarPipeline
 
-    pipe = StableAvatarPipeline.from_pretrained(model_dir, dtype=torch.float32)
+    pipe = StableAvatarPipeline.from_pretrained(model_dir, dtype=parse_dtype(dtype))
     return evaluate_pipeline(
         pipe,
         output,
@@ -458,6 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--syncnet", type=Path, help="SyncNet weights (syncnet_v2.model) for --field_metrics")
     parser.add_argument("--dinov2", type=Path, help="local DINOv2 folder for --field_metrics")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--dtype", default="float32", help="compute dtype of the pipeline (float32, or bfloat16 as on a GPU)"
+    )
     args = parser.parse_args(argv)
     import torch
 
@@ -488,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         args.identity_seconds,
         args.face_scale,
         field_evaluator,
+        args.dtype,
     )
     rows = [
         ("lip sync, right audio (>= 0.6)", f"{metrics['lipsync_right']:.3f}"),
