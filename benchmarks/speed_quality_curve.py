@@ -46,14 +46,19 @@ OPTIONS = (
     SpeedOption("euler 10, guidance first half", steps=10, guidance_interval=(0.0, 0.5)),
     SpeedOption("euler 20, step cache 0.1", steps=20, step_cache_threshold=0.1),
     SpeedOption("euler 20, step cache 0.3", steps=20, step_cache_threshold=0.3),
+    *(
+        SpeedOption(f"student {n} step{'s' if n > 1 else ''}", steps=n, student="checkpoints/demo-student")
+        for n in (1, 2, 4)
+    ),
 )
 
 
 class WorkCounter:
     """Counts sample-forward equivalents: every block that really runs adds batch / number of blocks.
 
-    Hooked on each block's self-attention, which a step-cache skip never reaches (the block's own call
-    still happens and would count)."""
+    Hooked on each block's feed-forward, which a step-cache skip never reaches (the block's own call still
+    happens and would count) and which always sees the whole batch (block 0's self-attention runs once for
+    a guidance batch, the model's exact savings)."""
 
     def __init__(self, transformer) -> None:
         self.total = 0.0
@@ -64,7 +69,7 @@ class WorkCounter:
             self.total += hidden.shape[0] / blocks
 
         self.hooks = [
-            block.attn1.register_forward_pre_hook(count, with_kwargs=True) for block in transformer.blocks
+            block.ffn.register_forward_pre_hook(count, with_kwargs=True) for block in transformer.blocks
         ]
 
     def remove(self) -> None:
@@ -150,6 +155,13 @@ def plot(path: Path, rows: list[dict]) -> None:
     plt.close(figure)
 
 
+def _kept_rows(path: Path, only: list[str] | None) -> dict[str, dict]:
+    """The rows of an earlier `curve.json` that an `--only` run does not measure again, by option name."""
+    if not only or not path.is_file():
+        return {}
+    return {row["name"]: row for row in json.loads(path.read_text()) if row["name"] not in only}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.speed_quality_curve",
@@ -160,7 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=Path("outputs/speed_quality"))
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the lip-sync videos")
     parser.add_argument("--identity_seconds", type=float, default=30.0)
-    parser.add_argument("--only", nargs="*", help="run only the options with these names")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        help="run only the options with these names; the other rows of OUTPUT/curve.json are kept",
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     import torch
@@ -172,9 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     pipe = StableAvatarPipeline.from_pretrained(args.model_dir, dtype=torch.float32)
     shift = pipe.scheduler.config.get("shift", 5.0)
     base = recommended_settings(args.model_dir)
+    kept = _kept_rows(args.output / "curve.json", args.only)
     rows = []
     for option in OPTIONS:
         if args.only and option.name not in args.only:
+            if option.name in kept:
+                rows.append(kept[option.name])
             continue
         folder = args.output / option.name.replace(" ", "_").replace(",", "").replace(":", "")
         rows.append(run_option(pipe, option, base, folder, args.seconds, args.identity_seconds, shift))

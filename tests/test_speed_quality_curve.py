@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
-from benchmarks.speed_quality_curve import WorkCounter
+from benchmarks.speed_quality_curve import WorkCounter, _kept_rows
 from wan.pipeline.guidance import PublishedGuidance
 from wan.pipeline.sampler import SamplingConditions, SlidingWindowSampler
 from wan.pipeline.solvers import build_scheduler, enable_step_cache
@@ -52,3 +54,11 @@ def test_blocks_skipped_by_the_step_cache_do_not_count() -> None:
     _sample(transformer)
     blocks = len(transformer.blocks)
     assert counter.total == pytest.approx(3 + 3 * 3 / blocks)  # step 1 in full, then only the first block
+
+
+def test_an_only_run_keeps_the_other_rows_of_the_earlier_curve(tmp_path) -> None:
+    path = tmp_path / "curve.json"
+    path.write_text(json.dumps([{"name": "euler 5", "lipsync_right": 0.6}, {"name": "student 1 step"}]))
+    assert _kept_rows(path, ["student 1 step"]) == {"euler 5": {"name": "euler 5", "lipsync_right": 0.6}}
+    assert _kept_rows(path, None) == {}  # a full run measures every row again
+    assert _kept_rows(tmp_path / "missing.json", ["student 1 step"]) == {}
