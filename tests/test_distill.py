@@ -16,7 +16,7 @@ from wan.pipeline.encoders import encode_prompt
 from wan.pipeline.guidance import PublishedGuidance
 from wan.pipeline.sampler import SamplingConditions, SlidingWindowSampler
 from wan.training.dataset import TalkingFaceDataset
-from wan.training.distill import STUDENT_DIR, DistillConfig, run
+from wan.training.distill import STUDENT_DIR, DistillConfig, export_student, run
 from wan.training.distill_core import _text_length, student_grid, teacher_samples, window_condition
 from wan.training.encode import EncodedBatch
 from wan.training.precompute import PrecomputedDataset, precompute
@@ -157,3 +157,19 @@ def test_the_student_loads_through_every_documented_path(model_dir, cache_dir, t
     pipe = StableAvatarPipeline.from_pretrained(model_dir)
     pipe.transformer = loop.task.student().eval()
     torch.testing.assert_close(_generate(["--model_dir", str(model_dir)], pipe), expected)
+
+
+def test_the_exported_student_holds_no_file_of_the_teachers_but_its_component_list(
+    model_dir, tmp_path
+) -> None:
+    """The teacher's own records (its training report) describe the teacher: the student folder must not carry
+    them as its own."""
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    for entry in Path(model_dir).iterdir():
+        (teacher / entry.name).symlink_to(entry.resolve())
+    (teacher / "training_report.json").write_text('{"dit_steps": 3000}')
+    pipe = StableAvatarPipeline.from_pretrained(model_dir)
+    student = export_student(pipe.transformer, teacher, tmp_path / "student", {"num_inference_steps": 1})
+    files = sorted(path.name for path in student.iterdir() if path.is_file())
+    assert files == ["README.md", "generation_settings.json", "model_index.json"]

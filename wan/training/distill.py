@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from ..cli import atomic_directory, run_cli
 from ..errors import UserFacingError
-from ..generation_settings import SETTINGS_FILE, recommended_settings, save_recommended_settings
+from ..generation_settings import recommended_settings, save_recommended_settings
 from ..loading.lora import is_audio_parameter, lora_config, save_lora
 from ..pipeline.conditioning import DEFAULT_NEGATIVE_PROMPT
 from ..pipeline.encoders import encode_prompt
@@ -388,7 +388,8 @@ def export_student(
         student.unload_lora()
     with atomic_directory(output) as staging:
         for entry in sorted(teacher_dir.iterdir()):
-            if entry.name in ("transformer", SETTINGS_FILE) or not entry.is_dir() and entry.suffix != ".json":
+            # of the teacher's files only its component list: the rest (its training report) describes the teacher
+            if entry.name == "transformer" or not entry.is_dir() and entry.name != "model_index.json":
                 continue
             target = staging / entry.name
             if entry.is_dir() and link:
