@@ -113,6 +113,19 @@ def test_reconstruct_frames_keeps_whole_latent_frames_in_the_unit_range() -> Non
     assert reconstruct_frames(_FakeAutoencoder(lambda video: 3 * video), frames).max() == 1.0  # clamped
 
 
+def test_reconstruct_frames_runs_a_vae_loaded_in_bfloat16() -> None:
+    """A pipeline loaded with dtype=bfloat16 has a bfloat16 VAE: the frames go in its dtype, come out float."""
+    from wan.training.vae_trainer import reconstruct_frames
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(**{**SMALL_VAE_CONFIG, "base_dim": 4}).eval()
+    frames = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    full = reconstruct_frames(vae, frames)
+    half = reconstruct_frames(vae.to(torch.bfloat16), frames)
+    assert half.dtype == full.dtype == np.float32 and half.shape == full.shape == (5, 16, 16, 3)
+    np.testing.assert_allclose(half, full, atol=0.05)
+
+
 def test_mouth_reconstruction_correlation_tells_a_kept_mouth_from_a_lost_one(tmp_path) -> None:
     from wan.training.vae_trainer import mouth_reconstruction_correlation
 

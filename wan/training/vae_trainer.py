@@ -204,7 +204,8 @@ def reconstruct_frames(vae: AutoencoderKLWan, frames: np.ndarray) -> np.ndarray:
     [0, 1], T' = 1 + 4 * ((T - 1) // 4) (the whole latent frames)."""
     count = 1 + (len(frames) - 1) // 4 * 4
     video = torch.from_numpy(frames[:count][None]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
-    reconstruction = vae.decode(vae.encode(video).latent_dist.mode()).sample.clamp(-1.0, 1.0)
+    video = video.to(getattr(vae, "dtype", torch.float32))  # a pipeline loaded in bfloat16 has a bfloat16 VAE
+    reconstruction = vae.decode(vae.encode(video).latent_dist.mode()).sample.float().clamp(-1.0, 1.0)
     return ((reconstruction[0, :, :count].permute(1, 2, 3, 0) + 1.0) / 2.0).numpy()
 
 
