@@ -45,14 +45,16 @@ def _alternate(runs: dict, repeats: int) -> dict[torch.dtype, float]:
 
 
 def demo_generation(model_dir: Path, repeats: int) -> dict[torch.dtype, float]:
+    from wan.generation_settings import recommended_settings
     from wan.media import load_audio, load_image
     from wan.pipeline import StableAvatarPipeline
 
     image, audio = load_image(EXAMPLE_IMAGE), load_audio(EXAMPLE_AUDIO)
+    settings = recommended_settings(model_dir)  # without them: the published 512x512, 50 steps
     pipelines = {dtype: StableAvatarPipeline.from_pretrained(model_dir, dtype=dtype) for dtype in DTYPES}
 
     def generate(pipeline) -> None:
-        pipeline(image=image, audio=audio, output_type="latent", seed=0, progress=False)
+        pipeline(image=image, audio=audio, output_type="latent", seed=0, progress=False, **settings)
 
     return _alternate({dtype: (lambda p=pipe: generate(p)) for dtype, pipe in pipelines.items()}, repeats)
 
