@@ -88,6 +88,9 @@ def main() -> None:
         "parameter_share": share,
     }
     (output / f"rank{dist.get_rank()}.json").write_text(json.dumps(record))
+    # Both ranks leave together: a rank tearing gloo down while its peer still finishes the last collective
+    # aborted once in a full run ("terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()
 
 
