@@ -171,7 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default="auto", help="'auto' (CUDA when available), 'cuda', 'cuda:1' or 'cpu'"
     )
     runtime.add_argument(
-        "--dtype", default=None, help="compute dtype: bfloat16 (default on GPU) or float32 (default on CPU)"
+        "--dtype",
+        default=None,
+        help="compute dtype: bfloat16 (default on a GPU and on a CPU with bfloat16 units, AVX512-BF16 or AMX) "
+        "or float32 (default on other CPUs)",
     )
     runtime.add_argument(
         "--attention_backend", help="diffusers attention backend: native (default), flash, sage, ..."

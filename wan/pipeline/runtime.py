@@ -25,7 +25,8 @@ LOAD_TIME_OPTIONS = ("device", "dtype", "memory_mode", "quantize", "compile", "a
 class RuntimeOptions:
     """Args:
     device: 'auto' (CUDA when available), 'cuda', 'cuda:1' or 'cpu'.
-    dtype: compute dtype name ('bfloat16', 'float32', ...); None: bfloat16 on a GPU, float32 on the CPU.
+    dtype: compute dtype name ('bfloat16', 'float32', ...); None: bfloat16 on a GPU and on a CPU with
+        bfloat16 matrix instructions (`cpu_has_bfloat16_units`), float32 on other CPUs.
     memory_mode: where the weights live during generation (see `MEMORY_MODES`).
     solver: 'euler' (as published), 'unipc' or 'dpm++' (see `SOLVERS`).
     shift: the flow-matching shift; None keeps the model's scheduler's.
@@ -52,7 +53,18 @@ class RuntimeOptions:
         if self.dtype:
             return parse_dtype(self.dtype)
         device = device or self.torch_device()
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type == "cuda" or device.type == "cpu" and cpu_has_bfloat16_units():
+            return torch.bfloat16
+        return torch.float32
+
+
+def cpu_has_bfloat16_units() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (AVX512-BF16 or AMX, as oneDNN reports): there
+    bfloat16 is faster than float32 (benchmarks/cpu_dtype.py); elsewhere it is emulated and slower."""
+    try:
+        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a PyTorch build without oneDNN
+        return False
 
 
 def resolve_device(name: str) -> torch.device:
