@@ -43,7 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--device", default="auto", help="'auto' (CUDA when available), 'cuda', 'cuda:1' or 'cpu'"
     )
-    parser.add_argument("--dtype", default=None, help="bfloat16 (default on GPU) or float32 (default on CPU)")
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        help="bfloat16 (default on a GPU and on a CPU with bfloat16 units) or float32 (default on other CPUs)",
+    )
     return parser
 
 
