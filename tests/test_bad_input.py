@@ -310,11 +310,14 @@ def test_training_refuses_zero_frames(tmp_path, capsys) -> None:
     code = main_for_preset(
         "1B_square",
         [
-            "--pretrained_model_name_or_path", str(DEMO),
-            "--output_dir", str(tmp_path / "run"),
-            "--video_sample_n_frames", "0",
+            "--pretrained_model_name_or_path",
+            str(DEMO),
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--video_sample_n_frames",
+            "0",
         ],
-    )  # fmt: skip
+    )
     assert_one_line_error(capsys, code, "--video_sample_n_frames 0", "4k+1")
     assert not (tmp_path / "run").exists()
 

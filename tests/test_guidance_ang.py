@@ -64,9 +64,12 @@ def test_the_batch_members_are_the_three_conditionings(transformer) -> None:
     inputs = _inputs()
     g = torch.Generator().manual_seed(1)
     forward = transformer_forward(
-        transformer, torch.randn(1, 16, 3, H, W, generator=g), torch.randn(1, 20, 3, H, W, generator=g),
-        torch.tensor(700.0), num_video_frames=9,
-    )  # fmt: skip
+        transformer,
+        torch.randn(1, 16, 3, H, W, generator=g),
+        torch.randn(1, 20, 3, H, W, generator=g),
+        torch.tensor(700.0),
+        num_video_frames=9,
+    )
     with torch.no_grad():
         batched = forward(build_guidance("ang").build_batch(inputs))
         silence = torch.zeros_like(inputs.audio_embeds)

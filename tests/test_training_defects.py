@@ -76,18 +76,28 @@ def test_lora_from_a_transformer_checkpoint_starts(cache, model_dir, tmp_path) -
     code = main_for_preset(
         "1B_rec_vec_lora",
         [
-            "--pretrained_model_name_or_path", str(model_dir),
-            "--transformer_path", str(weights),
-            "--precomputed_dir", str(cache),
-            "--video_sample_n_frames", str(FRAMES),
-            "--output_dir", str(tmp_path / "run"),
-            "--max_train_steps", "1",
-            "--rank", "4",
-            "--mixed_precision", "no",
-            "--report_to", "none",
-            "--dataloader_num_workers", "0",
+            "--pretrained_model_name_or_path",
+            str(model_dir),
+            "--transformer_path",
+            str(weights),
+            "--precomputed_dir",
+            str(cache),
+            "--video_sample_n_frames",
+            str(FRAMES),
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--max_train_steps",
+            "1",
+            "--rank",
+            "4",
+            "--mixed_precision",
+            "no",
+            "--report_to",
+            "none",
+            "--dataloader_num_workers",
+            "0",
         ],
-    )  # fmt: skip
+    )
     assert code == 0
     assert (tmp_path / "run" / "checkpoint-1" / "lora" / "pytorch_lora_weights.safetensors").is_file()
 
@@ -119,9 +129,13 @@ def test_lora_plays_at_its_trained_strength_and_spares_the_audio_adapter(
     def loss(model) -> float:
         with torch.no_grad():
             return flow_matching_loss(
-                model, encoded, trainer.schedule_sigmas, step_generator(1, 0, 0, 0), DETERMINISTIC_OBJECTIVE,
+                model,
+                encoded,
+                trainer.schedule_sigmas,
+                step_generator(1, 0, 0, 0),
+                DETERMINISTIC_OBJECTIVE,
                 torch.float32,
-            ).item()  # fmt: skip
+            ).item()
 
     ours = loss(transformer)
     ours_loaded = StableAvatarPipeline.from_pretrained(model_dir).transformer.eval()
@@ -160,9 +174,15 @@ def test_one_cache_holds_several_sizes_and_batches_one_size_at_a_time(two_clips,
     precompute(pipe, TalkingFaceDataset(two_clips, 48, 32, FRAMES, seed=0), cache, 1)
     assert len(list(cache.glob("*.safetensors"))) == 4
     history = Trainer(
-        tiny_config(tmp_path / "run", None, pipeline_dir=model_dir, precomputed_dir=cache,
-                    batch_size=2, max_train_steps=2)
-    ).train()  # fmt: skip
+        tiny_config(
+            tmp_path / "run",
+            None,
+            pipeline_dir=model_dir,
+            precomputed_dir=cache,
+            batch_size=2,
+            max_train_steps=2,
+        )
+    ).train()
     assert len(history) == 2 and all(np.isfinite(loss) for _, loss in history)
 
 
@@ -213,10 +233,17 @@ def _script(*flags: str, env: dict | None = None) -> subprocess.CompletedProcess
 def test_bad_frame_counts_are_a_one_line_error(two_clips, tmp_path) -> None:
     """Issue 22: --video_sample_n_frames 0 gave a traceback."""
     result = _script(
-        sys.executable, "train_1B_square.py", "--pretrained_model_name_or_path", str(tmp_path),
-        "--train_data_square_dir", str(two_clips), "--output_dir", str(tmp_path / "o"),
-        "--video_sample_n_frames", "0",
-    )  # fmt: skip
+        sys.executable,
+        "train_1B_square.py",
+        "--pretrained_model_name_or_path",
+        str(tmp_path),
+        "--train_data_square_dir",
+        str(two_clips),
+        "--output_dir",
+        str(tmp_path / "o"),
+        "--video_sample_n_frames",
+        "0",
+    )
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "--video_sample_n_frames 0" in result.stderr
 
