@@ -173,3 +173,25 @@ def test_the_exported_student_holds_no_file_of_the_teachers_but_its_component_li
     student = export_student(pipe.transformer, teacher, tmp_path / "student", {"num_inference_steps": 1})
     files = sorted(path.name for path in student.iterdir() if path.is_file())
     assert files == ["README.md", "generation_settings.json", "model_index.json"]
+
+
+def test_a_lora_student_gives_the_same_video_fused_in_its_folder_and_through_lora_path(
+    model_dir, cache_dir, tmp_path
+) -> None:
+    """The exported folder holds the LoRA fused at its trained strength (alpha / rank, here 2) plus the fully
+    trained audio modules; `--lora_path` attaches the same adapter to the teacher."""
+    output = tmp_path / "lora"
+    loop = run(
+        config(
+            model_dir, cache_dir, output, max_train_steps=2, student_steps=(1,), lora_rank=4, lora_alpha=8.0
+        )
+    )
+    fused = _generate(["--model_dir", str(output / STUDENT_DIR)])
+    attached = _generate(
+        ["--model_dir", str(model_dir), "--lora_path", str(output / "checkpoint-2" / "lora")]
+    )
+    torch.testing.assert_close(attached, fused)
+    pipe = StableAvatarPipeline.from_pretrained(model_dir)
+    pipe.transformer = loop.task.student().eval()
+    torch.testing.assert_close(_generate(["--model_dir", str(model_dir)], pipe), fused)
+    assert not torch.allclose(_generate(["--model_dir", str(model_dir)]), fused)  # it did train
