@@ -37,7 +37,7 @@ def _pipeline(model_dir: Path):
 
     from wan.pipeline import StableAvatarPipeline
 
-    return StableAvatarPipeline.from_pretrained(model_dir, torch_dtype=torch.float32)
+    return StableAvatarPipeline.from_pretrained(model_dir, dtype=torch.float32)
 
 
 def quality(model_dir: Path, output: Path, prefixes: list[str], include_published: bool) -> list[dict]:

@@ -195,3 +195,14 @@ def test_a_lora_student_gives_the_same_video_fused_in_its_folder_and_through_lor
     pipe.transformer = loop.task.student().eval()
     torch.testing.assert_close(_generate(["--model_dir", str(model_dir)], pipe), fused)
     assert not torch.allclose(_generate(["--model_dir", str(model_dir)]), fused)  # it did train
+
+
+def test_loading_the_teacher_prints_no_deprecation_warning(model_dir) -> None:
+    import warnings
+
+    from wan.training.distill import load_teacher
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_teacher(model_dir)
+    assert not [w for w in caught if "torch_dtype" in str(w.message)]

@@ -131,7 +131,7 @@ class DistillConfig:
 def load_teacher(folder: Path) -> StableAvatarPipeline:
     if not (Path(folder) / "model_index.json").is_file():
         raise UserFacingError(f"{folder} is not a model folder (no model_index.json); pass a converted one")
-    return StableAvatarPipeline.from_pretrained(folder, torch_dtype=torch.float32)
+    return StableAvatarPipeline.from_pretrained(folder, dtype=torch.float32)
 
 
 def negative_embeddings(pipe: StableAvatarPipeline, prompt: str, device) -> torch.Tensor:
