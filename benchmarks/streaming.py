@@ -3,6 +3,7 @@ published one, latency to the first frame and the real-time factor.
 
     nice -n 10 python -m benchmarks.streaming quality [--model_dir checkpoints/demo] [--output outputs/streaming]
     nice -n 10 python -m benchmarks.streaming latency [--model_dir checkpoints/demo] [--seconds 60]
+    nice -n 10 python -m benchmarks.streaming first_window [--model_dir checkpoints/demo]
 
 `quality` runs the demo evaluation (`benchmarks.lipsync_eval.evaluate_pipeline`: lip sync with the right and
 the wrong audio, identity drop over 60 s, seam ratio; same seed, reference and audio) for the published order
@@ -14,12 +15,18 @@ generation settings, in chunks of 20 ms:
   frame, and the real-time factor (seconds of video per second of wall time; > 1 is faster than real time);
 - live (chunks arriving at real-time pace, as from a microphone): time from the first sample to the first
   frame, which includes waiting for the first window's audio (the window's length in seconds).
+
+`first_window` splits the model's share of the first frame's latency (what follows the first window's audio)
+into its stages: wav2vec2 features, denoising (every step of the window), and the VAE decoding the window's
+latent frames; the median of `--repeats` streams.
 Prints JSON and a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import sys
 import time
@@ -120,6 +127,61 @@ def latency(model_dir: Path, seconds: float, live_seconds: float) -> list[dict]:
     return rows
 
 
+@contextlib.contextmanager
+def _timed(owner, name: str, seconds: list[float]):
+    """Record the duration of every call of `owner.name` into `seconds` while the context is open."""
+    original = getattr(owner, name)
+
+    @functools.wraps(original)
+    def timed(*args, **kwargs):
+        start = time.monotonic()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            seconds.append(time.monotonic() - start)
+
+    setattr(owner, name, timed)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+def first_window(model_dir: Path, repeats: int) -> list[dict]:
+    import wan.pipeline.pipeline as pipeline_module
+    from wan.generation_settings import recommended_settings
+    from wan.pipeline.decoding import StreamingDecoder
+    from wan.pipeline.windows_outer import WindowsOuterSampler
+    from wan.training.synthetic import speech_audio
+
+    pipe = _pipeline(model_dir)
+    settings = recommended_settings(model_dir)
+    window_seconds = (settings["clip_length"] - 1) / 25
+    audio = speech_audio(window_seconds + 1.0, np.random.default_rng(SEED))
+    reference = np.full((settings["height"], settings["width"], 3), 128, np.uint8)
+    stages = {"wav2vec2 features": [], "denoising": [], "VAE decode": []}
+    latencies = []
+    with (
+        _timed(pipeline_module, "encode_audio", stages["wav2vec2 features"]),
+        _timed(WindowsOuterSampler, "denoise_window", stages["denoising"]),
+        _timed(StreamingDecoder, "decode", stages["VAE decode"]),
+    ):
+        for _ in range(repeats + 1):  # the first stream warms up
+            pieces = pipe.stream(reference, [audio], seed=0, **settings)
+            latencies.append(next(pieces).latency)
+            pieces.close()
+    rows = [
+        {"stage": name, "seconds": round(float(np.median(values[1:])), 3)} for name, values in stages.items()
+    ]
+    rows.append(
+        {
+            "stage": "first frame after the window's audio",
+            "seconds": round(float(np.median(latencies[1:])), 3),
+        }
+    )
+    return rows
+
+
 def markdown(rows: list[dict]) -> str:
     columns = list(rows[0])
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
@@ -133,13 +195,14 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("measure", choices=("quality", "latency"))
+    parser.add_argument("measure", choices=("quality", "latency", "first_window"))
     parser.add_argument("--model_dir", type=Path, default=Path("checkpoints/demo"))
     parser.add_argument("--output", type=Path, default=Path("outputs/streaming"))
     parser.add_argument("--prefixes", nargs="+", default=["renoise", "condition", "both"])
     parser.add_argument("--no_published", action="store_true", help="skip the published order's row")
     parser.add_argument("--seconds", type=float, default=60.0, help="audio streamed for the real-time factor")
     parser.add_argument("--live_seconds", type=float, default=8.0, help="audio streamed in real time")
+    parser.add_argument("--repeats", type=int, default=3, help="first_window: streams timed")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     import torch
@@ -147,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.measure == "quality":
         rows = quality(args.model_dir, args.output, args.prefixes, not args.no_published)
+    elif args.measure == "first_window":
+        rows = first_window(args.model_dir, args.repeats)
     else:
         rows = latency(args.model_dir, args.seconds, args.live_seconds)
     print(json.dumps(rows, indent=1))
