@@ -24,6 +24,7 @@ import torch
 
 from benchmarks.measure import print_table
 from wan.models import STABLEAVATAR_1_3B, StableAvatarTransformer3DModel
+from wan.pipeline.runtime import cpu_has_bfloat16_units
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_IMAGE = REPO / "examples" / "demo-face" / "reference.png"
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     width, height = (int(v) for v in args.size.split("x"))
-    bf16_units = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    bf16_units = cpu_has_bfloat16_units()  # the rule that picks the CPU's default dtype
     measured = {
         "demo generation": demo_generation(args.model_dir, args.repeats),
         f"released-width forward, {args.layers} blocks, {args.size}": released_width_forward(
