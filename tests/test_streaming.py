@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from wan.errors import UserFacingError
-from wan.pipeline.decoding import stream_decode
+from wan.pipeline.decoding import StreamingDecoder, stream_decode
 from wan.pipeline.encoders import encode_audio
 from wan.pipeline.guidance import PublishedGuidance
 from wan.pipeline.pipeline import StableAvatarPipeline
@@ -98,7 +98,8 @@ def test_windows_outer_with_zero_overlap_equals_each_window_sampled_alone(pipe) 
 
 
 def test_windows_outer_continues_from_the_previous_window(pipe) -> None:
-    """With overlap the known prefix is kept exactly and the next window depends on it."""
+    """With overlap the known prefix is kept (exactly without blending; with blending its last `held_frames`
+    ramp to the window's own prediction) and the next window depends on it."""
     conditions = _conditions(4)
     conditions.prompt_embeds = torch.randn(1, 7, pipe.transformer.config.text_dim)
     conditions.negative_prompt_embeds = torch.randn(1, 5, pipe.transformer.config.text_dim)
@@ -108,14 +109,37 @@ def test_windows_outer_continues_from_the_previous_window(pipe) -> None:
     audio = torch.randn(1, 32, 768)
     whole = sampler(noise, conditions, lambda w: audio, 2, progress=False)
     for prefix in ("renoise", "condition", "both"):
-        other = WindowsOuterSampler(
-            pipe.transformer, pipe.scheduler, window_length=4, overlap=2, prefix=prefix
-        )
+        options = dict(window_length=4, overlap=2, prefix=prefix)
         known = torch.randn(1, 16, 2, 4, 4)
-        second = other.denoise_window(noise[:, :, 2:], conditions, audio, Window(2, 6, 2), known, 2)
-        assert torch.equal(second[:, :, :2], known)
+        window = Window(2, 6, 2)
+        kept = WindowsOuterSampler(pipe.transformer, pipe.scheduler, blend_overlap=False, **options)
+        second = kept.denoise_window(noise[:, :, 2:], conditions, audio, window, known, 2)
+        assert kept.held_frames == 0 and torch.equal(second[:, :, :2], known)
         # the frames after the prefix depend on it
         assert (second[:, :, 2:] - whole[:, :, 4:]).abs().max() > 1e-4, prefix
+
+        blended = WindowsOuterSampler(pipe.transformer, pipe.scheduler, **options)
+        assert blended.held_frames == 2
+        joined = blended.denoise_window(noise[:, :, 2:], conditions, audio, window, known, 2)
+        torch.testing.assert_close(joined[:, :, 2:], second[:, :, 2:], rtol=0, atol=0)  # same window
+        # uniform ramp over 2 frames: the previous window's first frame, then the new window's own
+        assert torch.equal(joined[:, :, :1], known[:, :, :1])
+        assert (joined[:, :, 1] - known[:, :, 1]).abs().max() > 1e-3, prefix
+
+
+def test_a_larger_last_overlap_blends_only_the_held_frames(pipe) -> None:
+    """The last window (aligned to the end) may overlap more than `overlap`; frames before the held ones went
+    out already, so they stay as the previous window made them."""
+    conditions = _conditions(5)
+    conditions.prompt_embeds = torch.randn(1, 7, pipe.transformer.config.text_dim)
+    conditions.negative_prompt_embeds = torch.randn(1, 5, pipe.transformer.config.text_dim)
+    conditions.image_embeds = torch.randn(1, 257, pipe.transformer.config.image_dim)
+    sampler = WindowsOuterSampler(pipe.transformer, pipe.scheduler, window_length=5, overlap=3)
+    noise = torch.randn(1, 16, 5, 4, 4, generator=torch.Generator().manual_seed(3))
+    known = torch.randn(1, 16, 4, 4, 4)
+    joined = sampler.denoise_window(noise, conditions, torch.randn(1, 40, 768), Window(3, 8, 4), known, 1)
+    assert torch.equal(joined[:, :, :2], known[:, :, :2])  # not held, and weight 0 of the ramp
+    assert (joined[:, :, 2:4] - known[:, :, 2:4]).flatten(2).abs().amax(-1).min() > 1e-3
 
 
 def test_frame_noise_does_not_depend_on_the_length() -> None:
@@ -166,11 +190,15 @@ def test_audio_stream_keeps_memory_flat() -> None:
     assert largest < 8 * 4 * SPF + 1000
 
 
-@pytest.mark.parametrize("num_frames", [6, 29])
-def test_chunked_audio_gives_the_same_video_as_the_whole_file(pipe, image, num_frames: int) -> None:
+@pytest.mark.parametrize(
+    ("num_frames", "overlap"),
+    [(6, OVERLAP), (29, OVERLAP), (29, 2), (30, 2)],  # overlap 2: the last 2 of each window are held back
+)
+def test_chunked_audio_gives_the_same_video_as_the_whole_file(pipe, image, num_frames, overlap) -> None:
+    settings = {**SETTINGS, "overlap": overlap}
     waveform = _speechlike(num_frames * SPF + 123, seed=num_frames)
-    whole = pipe(image, waveform, output_type="latent", sampling_order="windows", progress=False, **SETTINGS)
-    pieces = list(pipe.stream(image, _chunks(waveform, seed=num_frames), **SETTINGS))
+    whole = pipe(image, waveform, output_type="latent", sampling_order="windows", progress=False, **settings)
+    pieces = list(pipe.stream(image, _chunks(waveform, seed=num_frames), **settings))
 
     latents = torch.cat([piece.latents for piece in pieces], dim=2)
     torch.testing.assert_close(latents, whole.latents, rtol=0, atol=1e-5)
@@ -183,8 +211,15 @@ def test_chunked_audio_gives_the_same_video_as_the_whole_file(pipe, image, num_f
     torch.testing.assert_close(frames, expected[:num_frames], rtol=0, atol=1e-5)
     audio = np.concatenate([piece.audio for piece in pieces])
     np.testing.assert_array_equal(audio, waveform[: num_frames * SPF])
-    if num_frames > 13:  # several windows: the first went out before the audio had all arrived
-        assert len(pieces) > 2
+    # one piece per latent frame, grouped by the window that made it final
+    assert all(piece.latents.shape[2] == 1 for piece in pieces) and len(pieces) == whole.latents.shape[2]
+    assert len(pieces[0].frames) == 1 and all(len(piece.frames) <= 4 for piece in pieces)
+    windows = [piece.window for piece in pieces]
+    held = overlap if overlap > 1 else 0  # one frame of overlap is not blended (weight 0), so not held
+    first_window = len(pieces) if len(pieces) <= 4 else 4 - held
+    assert windows == sorted(windows) and windows.count(0) == first_window
+    for piece in pieces:
+        assert windows.count(piece.window) == piece.window_pieces > piece.window_piece >= 0
 
 
 def test_windows_order_is_selectable_and_checked(pipe, image) -> None:
@@ -200,3 +235,22 @@ def test_windows_order_is_selectable_and_checked(pipe, image) -> None:
         next(pipe.stream(image, [waveform], prefix="guess", **SETTINGS))
     with pytest.raises(UserFacingError, match="shorter than one video frame"):
         list(pipe.stream(image, [waveform[:100]], **SETTINGS))
+
+
+def test_the_first_frame_goes_out_after_one_latent_frame_is_decoded(pipe, image, monkeypatch) -> None:
+    """Pieces are handed out as the causal decoder makes them: the first before the window's other latent
+    frames are decoded, so the first frame waits for one latent frame's decode, not the window's."""
+    decoded = []
+    original = StreamingDecoder.decode
+
+    def counting(self, latents):
+        decoded.append(latents.shape[2])
+        return original(self, latents)
+
+    monkeypatch.setattr(StreamingDecoder, "decode", counting)
+    pieces = pipe.stream(image, _chunks(_speechlike(29 * SPF)), **SETTINGS)
+    first = next(pieces)
+    assert decoded == [1] and len(first.frames) == 1 and first.window == 0 and first.window_piece == 0
+    second = next(pieces)
+    assert decoded == [1, 1] and len(second.frames) == 4 and second.first_frame == 1
+    pieces.close()

@@ -376,11 +376,12 @@ class StableAvatarPipeline(DiffusionPipeline):
         cache_text_image: bool = True,
         weighting: str = "uniform",
     ) -> Iterator[StreamedFrames]:
-        """Generate while the audio arrives: video frames come out window by window.
+        """Generate while the audio arrives: video frames come out latent frame by latent frame as each window
+        is done and decoded.
 
         Takes `__call__`'s generation settings (so a model folder's `generation_settings.json` applies
-        unchanged; `weighting` is accepted and has no effect: windows-outer sampling blends nothing) and runs the windows-outer
-        order. The image, prompt and conditioning are encoded before the first audio chunk is read.
+        unchanged; `weighting` ramps the blended overlaps) and runs the windows-outer order. The image, prompt
+        and conditioning are encoded before the first audio chunk is read.
 
         Args:
             audio: chunks of 16 kHz mono samples, any size (float in [-1, 1] or integer PCM), e.g. from a
@@ -389,8 +390,9 @@ class StableAvatarPipeline(DiffusionPipeline):
                 whole audio with the same seed.
             callback: called after every step as (step, window, steps, windows so far).
         Yields:
-            `StreamedFrames`: each window's new frames `[T, H, W, 3]` in [-1, 1] with their audio and the
-            latency since the first audio sample arrived. The last one ends the video at the audio's length.
+            `StreamedFrames`: the frames of one latent frame `[T, H, W, 3]` in [-1, 1] (1 frame, then 4 each)
+            with their audio, the window that made them final and the latency since the first audio sample
+            arrived. The last one ends the video at the audio's length.
         """
         self._check_components()
         self.check_inputs(
@@ -431,6 +433,7 @@ class StableAvatarPipeline(DiffusionPipeline):
                 audio_scale=audio_guidance_scale,
                 interval=tuple(guidance_interval),
             ),
+            weighting=weighting,
             device=device,
             cache_text_image=cache_text_image,
             prefix=prefix,
@@ -464,7 +467,11 @@ class StableAvatarPipeline(DiffusionPipeline):
         decoder = StreamingDecoder(self.vae)
         try:
             yield from stream_latents_to_frames(
-                streaming_windows(audio_stream, window_length, overlap), denoise, decoder.decode, audio_stream
+                streaming_windows(audio_stream, window_length, overlap),
+                denoise,
+                decoder.decode,
+                audio_stream,
+                sampler.held_frames,
             )
         finally:
             decoder.close()

@@ -153,12 +153,15 @@ class FrameNoise:
 
 @dataclass
 class StreamedFrames:
-    """One window's worth of final video.
+    """The video frames of one latent frame, handed out as soon as the VAE has decoded them.
 
-    frames: `[T, H, W, 3]` float32 in [-1, 1]. first_frame: index of frames[0] in the video.
+    frames: `[T, H, W, 3]` float32 in [-1, 1] (1 frame for the video's first latent frame, 4 after, fewer at
+        the end). first_frame: index of frames[0] in the video.
     audio: the 16 kHz samples of these frames `[T * samples_per_frame]`.
-    latents: `[1, 16, n, h, w]` the final latent frames these frames decode from.
-    window: index of the window. latency: seconds from the first audio sample's arrival to these frames.
+    latents: `[1, 16, 1, h, w]` the final latent frame these frames decode from.
+    window: index of the window whose denoising made them final. window_piece, window_pieces: this piece's
+        index among that window's pieces, and their number (a consumer can group them per window).
+    latency: seconds from the first audio sample's arrival to these frames.
     """
 
     frames: torch.Tensor
@@ -166,7 +169,14 @@ class StreamedFrames:
     audio: np.ndarray
     latents: torch.Tensor
     window: int
+    window_piece: int
+    window_pieces: int
     latency: float
+
+    @property
+    def ends_window(self) -> bool:
+        """The window's last piece."""
+        return self.window_piece == self.window_pieces - 1
 
 
 def streaming_windows(
@@ -202,13 +212,19 @@ def stream_latents_to_frames(
     denoise: Callable[[Window, torch.Tensor | None], torch.Tensor],
     decode: Callable[[torch.Tensor], torch.Tensor],
     audio: AudioStream,
+    held_frames: int = 0,
 ) -> Iterator[StreamedFrames]:
-    """Denoise each window (`denoise(window, known_prefix) -> [1, 16, F, h, w]` clean latents), decode the
-    frames that became final and yield them with their audio."""
+    """Denoise each window (`denoise(window, known_prefix) -> [1, 16, F, h, w]` clean latents) and hand out
+    the latent frames that became final, one at a time as `decode` (a causal decoder: `[1, 16, 1, h, w]` ->
+    `[1, 3, T, H, W]`) turns them into pixels, with their audio.
+
+    The last `held_frames` latent frames of every window but the last are final only after the next window
+    (which blends them), so they go out with the next window's frames.
+    """
     spf = audio.samples_per_frame
     recent = None  # the last window's clean latents
     recent_start = 0
-    final_latents = 0  # latent frames already emitted
+    final_latents = 0  # latent frames already handed out
     frames_out = 0
     for index, (window, is_last, num_frames) in enumerate(windows):
         known = None
@@ -216,13 +232,25 @@ def stream_latents_to_frames(
             known = recent[:, :, window.start - recent_start : window.start - recent_start + window.overlap]
         latents = denoise(window, known)
         recent, recent_start = latents, window.start
-        new = latents[:, :, final_latents - window.start :]
-        final_latents = window.end
-        pixels = decode(new)[0].permute(1, 2, 3, 0)  # [T, H, W, 3]
-        if is_last:
-            pixels = pixels[: num_frames - frames_out]
-        audio_piece = audio.samples(frames_out * spf, (frames_out + len(pixels)) * spf)
-        audio.drop_before(FRAMES_PER_LATENT * (window.start + 1) * spf)
-        started = audio.first_sample_time or time.monotonic()
-        yield StreamedFrames(pixels, frames_out, audio_piece, new, index, time.monotonic() - started)
-        frames_out += len(pixels)
+        end = window.end if is_last else window.end - held_frames
+        new = latents[:, :, final_latents - window.start : end - window.start]
+        final_latents = end
+        for piece in range(new.shape[2]):
+            pixels = decode(new[:, :, piece : piece + 1])[0].permute(1, 2, 3, 0)  # [T, H, W, 3]
+            if is_last:
+                pixels = pixels[: num_frames - frames_out]
+            audio_piece = audio.samples(frames_out * spf, (frames_out + len(pixels)) * spf)
+            started = audio.first_sample_time or time.monotonic()
+            yield StreamedFrames(
+                pixels,
+                frames_out,
+                audio_piece,
+                new[:, :, piece : piece + 1],
+                index,
+                piece,
+                new.shape[2],
+                time.monotonic() - started,
+            )
+            frames_out += len(pixels)
+        # the next window's audio starts at the earliest one latent frame after this one's start
+        audio.drop_before(min(frames_out, FRAMES_PER_LATENT * (window.start + 1)) * spf)

@@ -14,6 +14,12 @@ How the known prefix reaches the next window (`prefix`):
 - 'condition': the overlap frames go in through the image-to-video mask and condition channels (mask 1,
   condition latents = the clean prefix) as the reference image does for frame 0; the latents stay free.
 - 'both': the two together.
+
+Overlap blending (`blend_overlap`, on by default): the published order fuses each overlap from both windows'
+predictions; here window k+1's own prediction of the overlap is blended into k's last frames with the
+published ramp (`blend_weights`, the sampler's `weighting`), so those frames become final only once window k+1
+is done. A stream therefore holds each window's last `overlap` latent frames back until the next window
+(`held_frames`); a window knows its predecessor through `known` either way.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from tqdm.auto import tqdm
 from ..models import CrossAttentionCache
 from .guidance import GuidanceInputs, transformer_forward
 from .sampler import ProgressCallback, SamplingConditions, SlidingWindowSampler, StepEndCallback
-from .windows import Window, video_frames_for_latents
+from .windows import Window, blend_weights, video_frames_for_latents
 
 PREFIX_MODES = ("renoise", "condition", "both")
 SAMPLING_ORDERS = {
@@ -44,15 +50,25 @@ class WindowsOuterSampler(SlidingWindowSampler):
     Args:
         prefix: how the previous window's clean overlap frames condition the next window ('renoise',
             'condition' or 'both', see the module docstring).
+        blend_overlap: blend the next window's prediction into the last `overlap` frames (see the module
+            docstring); False keeps a window's frames as it made them (nothing held back when streaming).
     """
 
-    def __init__(self, *args, prefix: str = "renoise", **kwargs) -> None:
+    def __init__(self, *args, prefix: str = "renoise", blend_overlap: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if prefix not in PREFIX_MODES:
             raise ValueError(f"unknown prefix mode {prefix!r}; choose one of {', '.join(PREFIX_MODES)}")
         self.prefix = prefix
+        self.blend_overlap = blend_overlap
         self._context_caches: dict[bool, CrossAttentionCache] = {}
         self._windows_done = 0
+
+    @property
+    def held_frames(self) -> int:
+        """Latent frames at the end of every window but the last that the next window still changes (blends).
+
+        One frame of overlap blends with weight 0 on the new window (`blend_weights`), so it is not held."""
+        return self.overlap if self.blend_overlap and self.overlap > 1 else 0
 
     def reset(self) -> None:
         """Forget the per-video caches (call before a new video when reusing the sampler)."""
@@ -137,7 +153,7 @@ class WindowsOuterSampler(SlidingWindowSampler):
             interrupted: asked after every step; True stops the window there.
         Returns:
             `[1, 16, F, h, w]` float32 clean latents on the CPU; the first `window.overlap` frames are the
-            known prefix unchanged.
+            known prefix, its last `held_frames` blended with this window's own prediction of them.
         """
         if not self._context_caches:
             self.reset()
@@ -179,8 +195,18 @@ class WindowsOuterSampler(SlidingWindowSampler):
             if interrupted is not None and interrupted():
                 break
         if overlap:
-            latents[:, :, :overlap] = known
+            latents[:, :, :overlap] = self._join_overlap(known, latents[:, :, :overlap])
         return latents
+
+    def _join_overlap(self, known: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+        """The overlap's final latents from the previous window's `known` and this window's `own` `[1, 16, n, h, w]`:
+        known, with the last `held_frames` ramped towards own (frames before them were final already)."""
+        joined = known.clone()
+        held = min(self.held_frames, known.shape[2])
+        if held:
+            weights = blend_weights(held, self.weighting).view(1, 1, -1, 1, 1)
+            joined[:, :, -held:] = own[:, :, -held:] * weights + known[:, :, -held:] * (1 - weights)
+        return joined
 
     @staticmethod
     def _window_step_end(
