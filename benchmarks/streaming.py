@@ -17,8 +17,8 @@ generation settings, in chunks of 20 ms:
   frame, which includes waiting for the first window's audio (the window's length in seconds).
 
 `first_window` splits the model's share of the first frame's latency (what follows the first window's audio)
-into its stages: wav2vec2 features, denoising (every step of the window), and the VAE decoding the window's
-latent frames; the median of `--repeats` streams.
+into its stages: wav2vec2 features, denoising (every step of the window), and the VAE decoding the first
+latent frame (the stream hands frames out latent frame by latent frame); the median of `--repeats` streams.
 Prints JSON and a markdown table.
 """
 

@@ -1,5 +1,5 @@
-"""The app's live mode without a browser: microphone chunks in, window segments out, and a client that goes
-away mid-stream frees the worker."""
+"""The app's live mode without a browser: microphone chunks in, segments of the newest frames out, and a
+client that goes away mid-stream frees the worker."""
 
 from __future__ import annotations
 
@@ -51,15 +51,24 @@ def _lock_is_free(runner: Runner, within: float) -> bool:
     return False
 
 
-def test_live_session_gives_a_segment_per_window_and_the_whole_video(runner) -> None:
+def test_live_session_segments_hold_every_frame_once_and_the_whole_video(runner) -> None:
+    """The page looks every so often (`next_segment`); each segment holds what was decoded since its last
+    look, so together they are the whole video, in order, with nothing skipped."""
     live = runner.start_live("me", EXAMPLE / "reference.png", make_settings(**SMALL))
     for chunk in _microphone(2.0):
         live.push(48000, chunk)
     live.finish()
-    assert live.wait(120) and live.error is None
-    assert len(live.segments) >= 3 and live.latency is not None and live.latency > 0
-    counts = [read_video_info(segment)["frames"] for segment in live.segments]
-    assert all(read_video_info(segment)["has_audio"] for segment in live.segments)
+    given = []
+    while not live.wait(0.05):
+        segment = live.next_segment()
+        given += [segment] if segment else []
+    given += [segment] if (segment := live.next_segment()) else []
+    assert live.error is None and live.latency is not None and live.latency > 0
+    assert given == live.segments and len(given) >= 2 and live.next_segment() is None
+    counts = [read_video_info(segment)["frames"] for segment in given]
+    starts = [int(segment.stem.split("_")[1]) for segment in given]
+    assert starts == np.cumsum([0, *counts[:-1]]).tolist(), "consecutive, nothing skipped"
+    assert all(read_video_info(segment)["has_audio"] for segment in given)
     whole = read_video_info(live.video_path)
     assert sum(counts) == whole["frames"] == live.frames == 50 and abs(whole["audio_duration"] - 2.0) < 0.01
     assert _lock_is_free(runner, 1)

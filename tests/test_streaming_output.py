@@ -1,4 +1,4 @@
-"""Streamed output: the fragmented mp4 is a valid video at every window boundary; `inference.py --stream`
+"""Streamed output: the fragmented mp4 is a valid video after every piece handed out; `inference.py --stream`
 reads audio from a file or raw PCM on stdin."""
 
 from __future__ import annotations
@@ -44,11 +44,13 @@ def _parse(path: Path) -> dict:
     """Decode what is on disk now: frame count, presentation times (s), decoded audio seconds."""
     with av.open(str(path)) as container:
         times = [float(frame.time) for frame in container.decode(container.streams.video[0])]
-    info = read_video_info(path)
-    return {"frames": len(times), "times": times, "audio": info["audio_duration"]}
+    with av.open(str(path)) as container:
+        audio = sum(frame.samples for frame in container.decode(container.streams.audio[0])) / 16000
+    return {"frames": len(times), "times": times, "audio": audio}
 
 
-def test_streamed_mp4_is_valid_at_every_window_boundary(tmp_path) -> None:
+def test_streamed_mp4_is_valid_after_every_piece(tmp_path) -> None:
+    """Checked after every piece (a latent frame's 1 or 4 frames), so also at every window boundary."""
     pipe = build_tiny_pipeline(seed=0)
     speech, rate = soundfile.read(EXAMPLE / "audio.wav", dtype="float32", frames=16000 * 2)
     assert rate == 16000
@@ -59,17 +61,17 @@ def test_streamed_mp4_is_valid_at_every_window_boundary(tmp_path) -> None:
         for piece in pipe.stream(np.full((64, 64, 3), 90, np.uint8), chunks, **SMALL):
             writer.write(piece.frames, value_range=(-1.0, 1.0), audio=piece.audio)
             written += len(piece.frames)
-            snapshot = tmp_path / f"after-window-{piece.window}.mp4"
+            snapshot = tmp_path / f"after-frame-{written}.mp4"
             shutil.copy(path, snapshot)  # what a player reading the growing file sees now
             seen = _parse(snapshot)
             assert written - FRAMES_IN_FLIGHT <= seen["frames"] <= written
             assert np.allclose(np.diff(seen["times"]), 1 / 25), "frames are evenly timed"
             assert seen["audio"] >= (seen["frames"] - 2) / 25 - 0.07  # the audio is there too (AAC frames)
             checked += 1
-    assert checked >= 4
-    final = _parse(path)
+    assert checked == len(range(0, 50 - 1, 4)) + 1  # a piece per latent frame: 1 frame, then 4 at a time
+    final = read_video_info(path)
     assert final["frames"] == written == 50
-    assert abs(final["audio"] - 2.0) < 0.01
+    assert abs(final["audio_duration"] - 2.0) < 0.01
 
 
 def _run(args: list[str], tmp_path: Path, monkeypatch, capsys, stdin: bytes = b"") -> tuple[int, str, str]:
@@ -115,3 +117,16 @@ def test_stream_flags_and_empty_stdin_say_what_to_do(tmp_path, monkeypatch, caps
         ["--validation_reference_path", str(EXAMPLE / "reference.png"), *args], tmp_path, monkeypatch, capsys
     )
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_fragmented_writer_starts_a_write_with_a_keyframe_only_when_asked(tmp_path) -> None:
+    """--stream writes a latent frame at a time but asks for a keyframe only at each window's first piece."""
+    path = tmp_path / "keys.mp4"
+    frames = np.random.default_rng(0).uniform(0, 1, (4, 32, 32, 3)).astype(np.float32)
+    with FragmentedVideoWriter(path, fps=25) as writer:
+        for keyframe in (True, False, False, True, None):  # None: the writer's default, a keyframe
+            writer.write(frames, audio=np.zeros(4 * 640, np.float32), keyframe=keyframe)
+    with av.open(str(path)) as container:
+        keys = [frame.key_frame for frame in container.decode(container.streams.video[0])]
+    assert len(keys) == 20
+    assert [index for index, key in enumerate(keys) if key] == [0, 12, 16]

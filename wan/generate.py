@@ -206,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     streaming.add_argument(
         "--stream",
         action="store_true",
-        help="write a fragmented mp4 that plays while it grows, window by window (windows-outer order); "
+        help="write a fragmented mp4 that plays while it grows, 4 frames at a time as each window is done "
+        "(windows-outer order); "
         "with --validation_driven_audio_path - the audio is raw 16 kHz mono 16-bit PCM on stdin",
     )
     streaming.add_argument(
@@ -447,13 +448,11 @@ def main(argv: list[str] | None = None) -> int:
         image=reference,
         audio=audio,
         **_sampling_arguments(args),
-        weighting=args.overlapping_weight_scheme,
         output_path=output_path if is_main else None,
         output_type="mp4" if is_main else "latent",
         frames_dir=args.output_dir / "frames" if args.save_frames and is_main else None,
         progress=is_main,
         sampling_order=args.sampling_order,
-        prefix=args.window_prefix,
     )
     if not is_main:
         return 0
@@ -481,6 +480,8 @@ def _sampling_arguments(args: argparse.Namespace) -> dict:
         overlap=args.overlap_window_length,
         seed=args.seed,
         fps=args.fps,
+        weighting=args.overlapping_weight_scheme,
+        prefix=args.window_prefix,
     )
 
 
@@ -491,8 +492,8 @@ def stream_to_file(
     reference: Image.Image,
     waveform: np.ndarray | None,
 ) -> int:
-    """`--stream`: a fragmented mp4 at `output_path`, valid and playable after every window; the audio is
-    `waveform` (16 kHz mono) or, when None, raw PCM from stdin."""
+    """`--stream`: a fragmented mp4 at `output_path`, valid and playable as it grows (4 frames at a time); the
+    audio is `waveform` (16 kHz mono) or, when None, raw PCM from stdin."""
     audio = pcm_chunks(sys.stdin.buffer) if waveform is None else file_chunks(waveform)
     started = time.monotonic()
     frames = 0
@@ -501,15 +502,20 @@ def stream_to_file(
             image=reference,
             audio=audio,
             **_sampling_arguments(args),
-            prefix=args.window_prefix,
         ):
-            writer.write(piece.frames, value_range=(-1.0, 1.0), audio=piece.audio)
-            frames += len(piece.frames)
-            print(
-                f"window {piece.window + 1}: {output_path} now holds {frames / args.fps:.2f} s "
-                f"({piece.latency:.1f} s after the first audio sample)",
-                flush=True,
+            # every latent frame goes out as soon as it is decoded; a keyframe per window, so a viewer can join
+            writer.write(
+                piece.frames, value_range=(-1.0, 1.0), audio=piece.audio, keyframe=piece.window_piece == 0
             )
+            frames += len(piece.frames)
+            if piece.first_frame == 0:
+                print(f"first frame {piece.latency:.2f} s after the first audio sample", flush=True)
+            if piece.ends_window:
+                print(
+                    f"window {piece.window + 1}: {output_path} now holds {frames / args.fps:.2f} s "
+                    f"({piece.latency:.1f} s after the first audio sample)",
+                    flush=True,
+                )
     print(
         f"wrote {output_path}: {frames} frames ({frames / args.fps:.2f} s) at {args.width}x{args.height}, "
         f"streamed in {time.monotonic() - started:.1f} s"

@@ -456,7 +456,8 @@ class FragmentedVideoWriter(VideoWriter):
 
     The audio arrives with the frames: `write(frames, audio=samples)` (mono at `audio_sample_rate`), or pass
     `audio` up front as for `VideoWriter`. Samples already encoded are dropped, so memory stays flat.
-    `keyframe_every_write` starts each write with a keyframe, so a viewer can join at any window.
+    `keyframe_every_write` starts each write with a keyframe, so a viewer can join at any window; a write's
+    `keyframe` argument overrides it (e.g. a keyframe per window when a window comes in several writes).
     """
 
     def __init__(
@@ -492,12 +493,14 @@ class FragmentedVideoWriter(VideoWriter):
         frames: np.ndarray | torch.Tensor,
         value_range: tuple[float, float] = (0.0, 1.0),
         audio: np.ndarray | torch.Tensor | None = None,
+        keyframe: bool | None = None,
     ) -> None:
-        """Encode frames `[T, H, W, 3]` and the audio that goes with them, then flush the file."""
+        """Encode frames `[T, H, W, 3]` and the audio that goes with them, then flush the file; `keyframe`:
+        whether the first frame is a keyframe (None: `keyframe_every_write`)."""
         if audio is not None and len(audio):
             samples = np.clip(_waveform_to_mono(audio, "audio for the video"), -1, 1)
             self._audio = np.concatenate([self._audio, samples])
-        self._force_keyframe = self._keyframe_every_write
+        self._force_keyframe = self._keyframe_every_write if keyframe is None else keyframe
         super().write(frames, value_range)
         keep = self._audio_sent - self._audio_offset
         self._audio, self._audio_offset = self._audio[keep:], self._audio_sent

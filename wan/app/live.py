@@ -1,8 +1,10 @@
-"""The app's live mode: microphone audio in as it is spoken, video out window by window.
+"""The app's live mode: microphone audio in as it is spoken, video out as it is decoded.
 
 A `LiveSession` runs `StableAvatarPipeline.stream` in a worker thread fed by a queue of audio chunks (the
-page's streaming microphone). Every finished window becomes a short mp4 segment (with its audio) that the
-page shows as soon as it exists, and is appended to one fragmented mp4 of the whole session. A client that
+page's streaming microphone). Frames come out latent frame by latent frame (4 at a time) and are appended
+to one fragmented mp4 of the whole session; whenever the page looks (`next_segment`), everything decoded
+since its last look becomes a short mp4 segment with its audio, so the page shows the first frame at its
+next look after it exists and no frame is skipped. A client that
 goes away frees the worker: when no audio arrives for `idle_timeout` seconds (or the page is closed and the
 app calls `cancel`), the stream stops, the session ends and the one-generation-at-a-time lock is released.
 """
@@ -22,6 +24,7 @@ from ..errors import UserFacingError
 from ..generation_settings import SAMPLE_RATE
 from ..media import FragmentedVideoWriter, VideoWriter, load_audio
 from ..pipeline.pipeline import StableAvatarPipeline
+from ..pipeline.streaming import StreamedFrames
 
 logger = logging.getLogger(__name__)
 _END = object()
@@ -57,12 +60,13 @@ class LiveSession:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.video_path = self.folder / "live.mp4"
-        self.segments: list[Path] = []
+        self.segments: list[Path] = []  # what the page has been given, in order
         self.latency: float | None = None  # seconds from the first audio sample to the first frame
         self.error: BaseException | None = None
         self.frames = 0
         self.accepting = True  # False once the audio has ended or the session was cancelled
-        self.shown = 0  # segments the page has been given
+        self._pending: list[StreamedFrames] = []  # decoded, not yet in a segment
+        self._pending_lock = threading.Lock()
         self._factory = pipeline_factory
         self._image = image
         self._settings = settings
@@ -96,11 +100,18 @@ class LiveSession:
         self._chunks.put(_END)
 
     def next_segment(self) -> Path | None:
-        """The newest segment the page has not been given yet (older unseen ones are skipped)."""
-        if len(self.segments) <= self.shown:
+        """A segment (mp4 with audio) of every frame decoded since the last call; None when there is none."""
+        with self._pending_lock:
+            pieces, self._pending = self._pending, []
+        if not pieces:
             return None
-        self.shown = len(self.segments)
-        return self.segments[-1]
+        segment = self.folder / f"segment_{pieces[0].first_frame:06d}.mp4"
+        audio = np.concatenate([piece.audio for piece in pieces])
+        with VideoWriter(segment, fps=self._fps, audio=audio) as writer:
+            for piece in pieces:
+                writer.write(piece.frames, value_range=(-1.0, 1.0))
+        self.segments.append(segment)
+        return segment
 
     def status(self, fps: int = 25) -> str:
         """One line for the page: latency, length so far, and any error."""
@@ -145,13 +156,16 @@ class LiveSession:
                     for piece in pipeline.stream(
                         self._image, self._audio(), callback=self._step, **self._settings
                     ):
-                        segment = self.folder / f"segment_{piece.window:05d}.mp4"
-                        with VideoWriter(segment, fps=self._fps, audio=piece.audio) as writer:
-                            writer.write(piece.frames, value_range=(-1.0, 1.0))
-                        whole.write(piece.frames, value_range=(-1.0, 1.0), audio=piece.audio)
+                        whole.write(
+                            piece.frames,
+                            value_range=(-1.0, 1.0),
+                            audio=piece.audio,
+                            keyframe=piece.window_piece == 0,
+                        )
+                        with self._pending_lock:
+                            self._pending.append(piece)
                         self.frames += len(piece.frames)
                         self.latency = piece.latency if self.latency is None else self.latency
-                        self.segments.append(segment)
             except ClientGone as reason:
                 logger.info("live stream stopped: %s", reason)
                 self.error = reason

@@ -323,10 +323,10 @@ def build_ui(runner: Runner) -> gr.Blocks:
 
         with gr.Tab("Live", elem_id="live-tab"):
             gr.Markdown(
-                "Speak into the microphone: the video starts while you talk, one window at a time "
-                "(windows-outer sampling). The model, size, steps, guidance and windows are those of the "
-                "Generate tab. The first frame comes once the first window's audio is in and denoised; the "
-                "latency is shown below."
+                "Speak into the microphone: the video starts while you talk (windows-outer sampling); "
+                "every half second the player shows what was made since. The model, size, steps, guidance "
+                "and windows are those of the Generate tab. The first frame comes once the first window's "
+                "audio is in and denoised; the latency is shown below."
             )
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1):
@@ -340,7 +340,7 @@ def build_ui(runner: Runner) -> gr.Blocks:
                     )
                 with gr.Column(scale=1):
                     live_video = gr.Video(
-                        label="Live: the newest window",
+                        label="Live: the newest frames",
                         autoplay=True,
                         interactive=False,
                         height=320,
