@@ -191,11 +191,14 @@ def test_audio_stream_keeps_memory_flat() -> None:
 
 
 @pytest.mark.parametrize(
-    ("num_frames", "overlap"),
-    [(6, OVERLAP), (29, OVERLAP), (29, 2), (30, 2)],  # overlap 2: the last 2 of each window are held back
+    ("num_frames", "overlap", "blend"),
+    # overlap 2: the last 2 of each window are blended, so held back until the next window
+    [(6, OVERLAP, True), (29, OVERLAP, True), (29, 2, True), (30, 2, True), (29, 2, False)],
 )
-def test_chunked_audio_gives_the_same_video_as_the_whole_file(pipe, image, num_frames, overlap) -> None:
-    settings = {**SETTINGS, "overlap": overlap}
+def test_chunked_audio_gives_the_same_video_as_the_whole_file(
+    pipe, image, num_frames, overlap, blend
+) -> None:
+    settings = {**SETTINGS, "overlap": overlap, "blend_overlap": blend}
     waveform = _speechlike(num_frames * SPF + 123, seed=num_frames)
     whole = pipe(image, waveform, output_type="latent", sampling_order="windows", progress=False, **settings)
     pieces = list(pipe.stream(image, _chunks(waveform, seed=num_frames), **settings))
@@ -215,7 +218,7 @@ def test_chunked_audio_gives_the_same_video_as_the_whole_file(pipe, image, num_f
     assert all(piece.latents.shape[2] == 1 for piece in pieces) and len(pieces) == whole.latents.shape[2]
     assert len(pieces[0].frames) == 1 and all(len(piece.frames) <= 4 for piece in pieces)
     windows = [piece.window for piece in pieces]
-    held = overlap if overlap > 1 else 0  # one frame of overlap is not blended (weight 0), so not held
+    held = overlap if overlap > 1 and blend else 0  # one frame of overlap blends with weight 0: not held
     first_window = len(pieces) if len(pieces) <= 4 else 4 - held
     assert windows == sorted(windows) and windows.count(0) == first_window
     for piece in pieces:

@@ -173,6 +173,7 @@ class StableAvatarPipeline(DiffusionPipeline):
         cache_text_image: bool = True,
         sampling_order: str = "steps",
         prefix: str = "renoise",
+        blend_overlap: bool = True,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
         callback_on_step_end: StepEndPipelineCallback | None = None,
@@ -208,6 +209,8 @@ class StableAvatarPipeline(DiffusionPipeline):
                 of 'windows' is drawn latent frame by latent frame, so the same seed gives another video.
             prefix: with 'windows', how the previous window's last frames condition the next
                 ('renoise', 'condition' or 'both'; see `wan.pipeline.windows_outer`).
+            blend_overlap: with 'windows', blend each window's last `overlap` frames with the next window's
+                prediction of them (as the published order fuses overlaps); False keeps them as made.
             prompt_embeds, negative_prompt_embeds: `[1, L, text_dim]` umT5 embeddings (unpadded) to use
                 instead of encoding `prompt` / `negative_prompt`.
             callback_on_step_end: called after every window step as (pipeline, step_index, timestep,
@@ -294,7 +297,7 @@ class StableAvatarPipeline(DiffusionPipeline):
             ),
             device=device,
             cache_text_image=cache_text_image,
-            **({"prefix": prefix} if sampling_order == "windows" else {}),
+            **({"prefix": prefix, "blend_overlap": blend_overlap} if sampling_order == "windows" else {}),
         )
         num_windows = self._num_windows = len(sampler.plan(num_latent_frames))
         latents = sampler(
@@ -375,6 +378,7 @@ class StableAvatarPipeline(DiffusionPipeline):
         callback: ProgressCallback | None = None,
         cache_text_image: bool = True,
         weighting: str = "uniform",
+        blend_overlap: bool = True,
     ) -> Iterator[StreamedFrames]:
         """Generate while the audio arrives: video frames come out latent frame by latent frame as each window
         is done and decoded.
@@ -389,6 +393,8 @@ class StableAvatarPipeline(DiffusionPipeline):
             seed: as in `__call__`; the result equals `__call__(..., sampling_order="windows")` on the
                 whole audio with the same seed.
             callback: called after every step as (step, window, steps, windows so far).
+            blend_overlap: as in `__call__`; the blended frames go out with the next window, so smooth
+                playback lags the audio by the overlap more; False hands every frame out with its window.
         Yields:
             `StreamedFrames`: the frames of one latent frame `[T, H, W, 3]` in [-1, 1] (1 frame, then 4 each)
             with their audio, the window that made them final and the latency since the first audio sample
@@ -437,6 +443,7 @@ class StableAvatarPipeline(DiffusionPipeline):
             device=device,
             cache_text_image=cache_text_image,
             prefix=prefix,
+            blend_overlap=blend_overlap,
         )
         sampler.reset()
         audio_stream = AudioStream(audio, SAMPLE_RATE // fps)
