@@ -7,7 +7,8 @@ published one, latency to the first frame and the real-time factor.
 
 `quality` runs the demo evaluation (`benchmarks.lipsync_eval.evaluate_pipeline`: lip sync with the right and
 the wrong audio, identity drop over 60 s, seam ratio; same seed, reference and audio) for the published order
-and for each way the windows-outer sampler continues from the previous window (`--prefixes`).
+and for each way the windows-outer sampler continues from the previous window (`--prefixes`), with and
+without blending the overlap (`--blend on off`; default: the pipeline's rule), at the folder's steps or `--steps`.
 
 `latency` streams `--seconds` of held-out speech through `StableAvatarPipeline.stream` with the folder's
 generation settings, in chunks of 20 ms:
@@ -36,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 CHUNK = 320  # 20 ms at 16 kHz
+BLENDS = {"default": None, "on": True, "off": False}  # --blend: the pipeline's blend_overlap
 SEED = 777_000_004
 
 
@@ -47,14 +49,30 @@ def _pipeline(model_dir: Path):
     return StableAvatarPipeline.from_pretrained(model_dir, dtype=torch.float32)
 
 
-def quality(model_dir: Path, output: Path, prefixes: list[str], include_published: bool) -> list[dict]:
+def quality(
+    model_dir: Path,
+    output: Path,
+    prefixes: list[str],
+    include_published: bool,
+    blends: list[str],
+    steps: int | None = None,
+) -> list[dict]:
     from benchmarks.lipsync_eval import evaluate_pipeline
     from wan.generation_settings import recommended_settings
 
     pipe = _pipeline(model_dir)
     settings = recommended_settings(model_dir)
+    if steps is not None:
+        settings["num_inference_steps"] = steps
     configs = [("published (steps outer)", {"sampling_order": "steps"})] if include_published else []
-    configs += [(f"windows outer, prefix {p}", {"sampling_order": "windows", "prefix": p}) for p in prefixes]
+    configs += [
+        (
+            f"windows outer, prefix {p}, blend {blend}",
+            {"sampling_order": "windows", "prefix": p, "blend_overlap": BLENDS[blend]},
+        )
+        for p in prefixes
+        for blend in blends
+    ]
     rows = []
     for name, extra in configs:
         started = time.monotonic()
@@ -200,6 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=Path("outputs/streaming"))
     parser.add_argument("--prefixes", nargs="+", default=["renoise", "condition", "both"])
     parser.add_argument("--no_published", action="store_true", help="skip the published order's row")
+    parser.add_argument(
+        "--blend",
+        nargs="+",
+        choices=list(BLENDS),
+        default=["default"],
+        help="quality: windows order with the overlap blended into the next window, or not, or as the "
+        "pipeline's default (with the renoise prefix only)",
+    )
+    parser.add_argument("--steps", type=int, help="quality: denoising steps instead of the folder's")
     parser.add_argument("--seconds", type=float, default=60.0, help="audio streamed for the real-time factor")
     parser.add_argument("--live_seconds", type=float, default=8.0, help="audio streamed in real time")
     parser.add_argument("--repeats", type=int, default=3, help="first_window: streams timed")
@@ -209,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     if args.measure == "quality":
-        rows = quality(args.model_dir, args.output, args.prefixes, not args.no_published)
+        rows = quality(
+            args.model_dir, args.output, args.prefixes, not args.no_published, args.blend, args.steps
+        )
     elif args.measure == "first_window":
         rows = first_window(args.model_dir, args.repeats)
     else:

@@ -118,13 +118,37 @@ def test_windows_outer_continues_from_the_previous_window(pipe) -> None:
         # the frames after the prefix depend on it
         assert (second[:, :, 2:] - whole[:, :, 4:]).abs().max() > 1e-4, prefix
 
-        blended = WindowsOuterSampler(pipe.transformer, pipe.scheduler, **options)
+        blended = WindowsOuterSampler(pipe.transformer, pipe.scheduler, blend_overlap=True, **options)
         assert blended.held_frames == 2
         joined = blended.denoise_window(noise[:, :, 2:], conditions, audio, window, known, 2)
-        torch.testing.assert_close(joined[:, :, 2:], second[:, :, 2:], rtol=0, atol=0)  # same window
         # uniform ramp over 2 frames: the previous window's first frame, then the new window's own
         assert torch.equal(joined[:, :, :1], known[:, :, :1])
         assert (joined[:, :, 1] - known[:, :, 1]).abs().max() > 1e-3, prefix
+        # by default only 'renoise' blends (measured worse through the condition channels)
+        default = WindowsOuterSampler(pipe.transformer, pipe.scheduler, **options)
+        assert default.blend_overlap == (prefix == "renoise")
+
+
+def test_renoise_blends_the_held_frames_at_every_step(pipe) -> None:
+    """As the published order fuses overlaps at every step, the re-noised prefix's held frames are ramped
+    towards the window's own latents before every step: the model sees the ramp, so the frames after the
+    prefix differ from a window that blends only its result."""
+    conditions = _conditions(4)
+    conditions.prompt_embeds = torch.randn(1, 7, pipe.transformer.config.text_dim)
+    conditions.negative_prompt_embeds = torch.randn(1, 5, pipe.transformer.config.text_dim)
+    conditions.image_embeds = torch.randn(1, 257, pipe.transformer.config.image_dim)
+    noise = torch.randn(1, 16, 4, 4, 4, generator=torch.Generator().manual_seed(4))
+    known, audio, window = torch.randn(1, 16, 2, 4, 4), torch.randn(1, 32, 768), Window(2, 6, 2)
+    results = {}
+    for blend in (True, False):
+        sampler = WindowsOuterSampler(
+            pipe.transformer, pipe.scheduler, window_length=4, overlap=2, blend_overlap=blend
+        )
+        results[blend] = [sampler.denoise_window(noise, conditions, audio, window, known, n) for n in (1, 3)]
+    one_step_blended, one_step_kept = results[True][0], results[False][0]
+    # one step: the prefix is pure noise, so only the result's ramp differs
+    torch.testing.assert_close(one_step_blended[:, :, 2:], one_step_kept[:, :, 2:], rtol=0, atol=0)
+    assert (results[True][1][:, :, 2:] - results[False][1][:, :, 2:]).abs().max() > 1e-4
 
 
 def test_a_larger_last_overlap_blends_only_the_held_frames(pipe) -> None:

@@ -173,7 +173,7 @@ class StableAvatarPipeline(DiffusionPipeline):
         cache_text_image: bool = True,
         sampling_order: str = "steps",
         prefix: str = "renoise",
-        blend_overlap: bool = True,
+        blend_overlap: bool | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
         callback_on_step_end: StepEndPipelineCallback | None = None,
@@ -210,7 +210,8 @@ class StableAvatarPipeline(DiffusionPipeline):
             prefix: with 'windows', how the previous window's last frames condition the next
                 ('renoise', 'condition' or 'both'; see `wan.pipeline.windows_outer`).
             blend_overlap: with 'windows', blend each window's last `overlap` frames with the next window's
-                prediction of them (as the published order fuses overlaps); False keeps them as made.
+                prediction of them (as the published order fuses overlaps); False keeps them as made; None
+                (default): with the 'renoise' prefix only (measured better there, worse with 'condition').
             prompt_embeds, negative_prompt_embeds: `[1, L, text_dim]` umT5 embeddings (unpadded) to use
                 instead of encoding `prompt` / `negative_prompt`.
             callback_on_step_end: called after every window step as (pipeline, step_index, timestep,
@@ -378,7 +379,7 @@ class StableAvatarPipeline(DiffusionPipeline):
         callback: ProgressCallback | None = None,
         cache_text_image: bool = True,
         weighting: str = "uniform",
-        blend_overlap: bool = True,
+        blend_overlap: bool | None = None,
     ) -> Iterator[StreamedFrames]:
         """Generate while the audio arrives: video frames come out latent frame by latent frame as each window
         is done and decoded.
