@@ -8,7 +8,7 @@ published one, latency to the first frame and the real-time factor.
 `quality` runs the demo evaluation (`benchmarks.lipsync_eval.evaluate_pipeline`: lip sync with the right and
 the wrong audio, identity drop over 60 s, seam ratio; same seed, reference and audio) for the published order
 and for each way the windows-outer sampler continues from the previous window (`--prefixes`), with and
-without blending the overlap (`--blend on off`; default: the pipeline's rule), at the folder's steps or `--steps`.
+without blending the overlap (`--blend on off`; default: the pipeline's rule), at the folder's steps or `--steps`, noise seed `--seed` (0).
 
 `latency` streams `--seconds` of held-out speech through `StableAvatarPipeline.stream` with the folder's
 generation settings, in chunks of 20 ms:
@@ -56,12 +56,13 @@ def quality(
     include_published: bool,
     blends: list[str],
     steps: int | None = None,
+    seed: int = 0,
 ) -> list[dict]:
     from benchmarks.lipsync_eval import evaluate_pipeline
     from wan.generation_settings import recommended_settings
 
     pipe = _pipeline(model_dir)
-    settings = recommended_settings(model_dir)
+    settings = {**recommended_settings(model_dir), "seed": seed}
     if steps is not None:
         settings["num_inference_steps"] = steps
     configs = [("published (steps outer)", {"sampling_order": "steps"})] if include_published else []
@@ -227,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         "pipeline's default (with the renoise prefix only)",
     )
     parser.add_argument("--steps", type=int, help="quality: denoising steps instead of the folder's")
+    parser.add_argument("--seed", type=int, default=0, help="quality: the noise seed of every video")
     parser.add_argument("--seconds", type=float, default=60.0, help="audio streamed for the real-time factor")
     parser.add_argument("--live_seconds", type=float, default=8.0, help="audio streamed in real time")
     parser.add_argument("--repeats", type=int, default=3, help="first_window: streams timed")
@@ -237,7 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.measure == "quality":
         rows = quality(
-            args.model_dir, args.output, args.prefixes, not args.no_published, args.blend, args.steps
+            args.model_dir,
+            args.output,
+            args.prefixes,
+            not args.no_published,
+            args.blend,
+            args.steps,
+            args.seed,
         )
     elif args.measure == "first_window":
         rows = first_window(args.model_dir, args.repeats)
