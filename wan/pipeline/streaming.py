@@ -1,8 +1,9 @@
-"""Streaming generation: audio in as chunks of any size, video out window by window.
+"""Streaming generation: audio in as chunks of any size, video out latent frame by latent frame.
 
-The windows-outer sampler (`WindowsOuterSampler`) makes frames final one window at a time, and the Wan VAE's
-causal decoder turns final latent frames into pixels without looking ahead (`StreamingDecoder`), so a window
-can be shown as soon as its audio has arrived and it is denoised.
+The windows-outer sampler (`WindowsOuterSampler`) makes frames final one window at a time (the last overlap
+frames, which the next window blends, one window later), and the Wan VAE's causal decoder turns final latent
+frames into pixels without looking ahead (`StreamingDecoder`), so a window's first frames can be shown as
+soon as its audio has arrived, it is denoised and one latent frame is decoded.
 
 Audio features: the project computes wav2vec2 features per window, from that window's audio alone
 (normalised, convolved and attended over the window only), so a window's features need exactly its own
