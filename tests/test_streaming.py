@@ -70,6 +70,15 @@ def _conditions(window_length: int, seed: int = 0) -> SamplingConditions:
     )
 
 
+def _model_conditions(pipe: StableAvatarPipeline, window_length: int) -> SamplingConditions:
+    """Random conditions of the tiny model's text and image widths."""
+    conditions = _conditions(window_length)
+    conditions.prompt_embeds = torch.randn(1, 7, pipe.transformer.config.text_dim)
+    conditions.negative_prompt_embeds = torch.randn(1, 5, pipe.transformer.config.text_dim)
+    conditions.image_embeds = torch.randn(1, 257, pipe.transformer.config.image_dim)
+    return conditions
+
+
 def test_windows_outer_with_zero_overlap_equals_each_window_sampled_alone(pipe) -> None:
     window_length, windows = 3, 3
     conditions = _conditions(window_length)
@@ -100,10 +109,7 @@ def test_windows_outer_with_zero_overlap_equals_each_window_sampled_alone(pipe) 
 def test_windows_outer_continues_from_the_previous_window(pipe) -> None:
     """With overlap the known prefix is kept (exactly without blending; with blending its last `held_frames`
     ramp to the window's own prediction) and the next window depends on it."""
-    conditions = _conditions(4)
-    conditions.prompt_embeds = torch.randn(1, 7, pipe.transformer.config.text_dim)
-    conditions.negative_prompt_embeds = torch.randn(1, 5, pipe.transformer.config.text_dim)
-    conditions.image_embeds = torch.randn(1, 257, pipe.transformer.config.image_dim)
+    conditions = _model_conditions(pipe, 4)
     sampler = WindowsOuterSampler(pipe.transformer, pipe.scheduler, window_length=4, overlap=2)
     noise = torch.randn(1, 16, 6, 4, 4, generator=torch.Generator().manual_seed(2))
     audio = torch.randn(1, 32, 768)
@@ -133,10 +139,7 @@ def test_renoise_blends_the_held_frames_at_every_step(pipe) -> None:
     """As the published order fuses overlaps at every step, the re-noised prefix's held frames are ramped
     towards the window's own latents before every step: the model sees the ramp, so the frames after the
     prefix differ from a window that blends only its result."""
-    conditions = _conditions(4)
-    conditions.prompt_embeds = torch.randn(1, 7, pipe.transformer.config.text_dim)
-    conditions.negative_prompt_embeds = torch.randn(1, 5, pipe.transformer.config.text_dim)
-    conditions.image_embeds = torch.randn(1, 257, pipe.transformer.config.image_dim)
+    conditions = _model_conditions(pipe, 4)
     noise = torch.randn(1, 16, 4, 4, 4, generator=torch.Generator().manual_seed(4))
     known, audio, window = torch.randn(1, 16, 2, 4, 4), torch.randn(1, 32, 768), Window(2, 6, 2)
     results = {}
@@ -154,10 +157,7 @@ def test_renoise_blends_the_held_frames_at_every_step(pipe) -> None:
 def test_a_larger_last_overlap_blends_only_the_held_frames(pipe) -> None:
     """The last window (aligned to the end) may overlap more than `overlap`; frames before the held ones went
     out already, so they stay as the previous window made them."""
-    conditions = _conditions(5)
-    conditions.prompt_embeds = torch.randn(1, 7, pipe.transformer.config.text_dim)
-    conditions.negative_prompt_embeds = torch.randn(1, 5, pipe.transformer.config.text_dim)
-    conditions.image_embeds = torch.randn(1, 257, pipe.transformer.config.image_dim)
+    conditions = _model_conditions(pipe, 5)
     sampler = WindowsOuterSampler(pipe.transformer, pipe.scheduler, window_length=5, overlap=3)
     noise = torch.randn(1, 16, 5, 4, 4, generator=torch.Generator().manual_seed(3))
     known = torch.randn(1, 16, 4, 4, 4)
