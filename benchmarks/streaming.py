@@ -108,6 +108,15 @@ def paced(audio: np.ndarray, realtime: bool) -> Iterator[np.ndarray]:
         yield audio[start : start + CHUNK]
 
 
+def _first_window_seconds(settings: dict) -> float:
+    """Seconds of audio the first window needs before any model work: 4 frames' audio per latent frame (a
+    33-frame window's 9 latent frames: 36 frames, 1.44 s at 25 fps)."""
+    from wan.pipeline.windows import Window, latent_frames_for_clip, window_audio_span
+
+    length = latent_frames_for_clip(settings["clip_length"])
+    return window_audio_span(Window(0, length, 0), 16000 // 25)[1] / 16000
+
+
 def latency(model_dir: Path, seconds: float, live_seconds: float) -> list[dict]:
     from wan.generation_settings import recommended_settings
     from wan.training.synthetic import speech_audio
@@ -116,7 +125,7 @@ def latency(model_dir: Path, seconds: float, live_seconds: float) -> list[dict]:
     settings = recommended_settings(model_dir)
     audio = speech_audio(seconds, np.random.default_rng(SEED))[: int(seconds * 16000)]
     reference = np.full((settings["height"], settings["width"], 3), 128, np.uint8)
-    window_seconds = (settings["clip_length"] - 1) / 25
+    window_seconds = _first_window_seconds(settings)
     rows = []
     for mode, length, realtime in (
         ("file or pipe", seconds, False),
@@ -175,7 +184,7 @@ def first_window(model_dir: Path, repeats: int) -> list[dict]:
 
     pipe = _pipeline(model_dir)
     settings = recommended_settings(model_dir)
-    window_seconds = (settings["clip_length"] - 1) / 25
+    window_seconds = _first_window_seconds(settings)
     audio = speech_audio(window_seconds + 1.0, np.random.default_rng(SEED))
     reference = np.full((settings["height"], settings["width"], 3), 128, np.uint8)
     stages = {"wav2vec2 features": [], "denoising": [], "VAE decode": []}
