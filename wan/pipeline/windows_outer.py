@@ -204,8 +204,9 @@ class WindowsOuterSampler(SlidingWindowSampler):
         return latents
 
     def _join_overlap(self, known: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
-        """The overlap's final latents from the previous window's `known` and this window's `own` `[1, 16, n, h, w]`:
-        known, with the last `held_frames` ramped towards own (frames before them were final already)."""
+        """The overlap `[1, 16, n, h, w]`: `known` (the previous window's frames, clean or re-noised to this
+        step's level) with its last `held_frames` ramped towards this window's `own` (frames before them were
+        final already)."""
         joined = known.clone()
         held = min(self.held_frames, known.shape[2])
         if held:
